@@ -11,8 +11,8 @@
 //!   --log-format / QP_LOG_FORMAT: "yaml" is not one of: text, json
 //! ```
 //!
-//! Tests build configurations from flag lists (`Cli::try_parse_from`) and never touch the process
-//! environment.
+//! Tests build configurations from flag lists with [`parse_flags_only`], which ignores the
+//! process environment, so a `QP_*` variable set on the test machine cannot change a test.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -88,7 +88,12 @@ impl FieldErrors {
     }
 
     /// Parses a socket address, with a message that says what form is expected.
-    pub fn socket_addr(&mut self, name: &str, raw: Option<&str>, default: SocketAddr) -> SocketAddr {
+    pub fn socket_addr(
+        &mut self,
+        name: &str,
+        raw: Option<&str>,
+        default: SocketAddr,
+    ) -> SocketAddr {
         match raw {
             None => default,
             Some(raw) => match raw.trim().parse::<SocketAddr>() {
@@ -152,6 +157,20 @@ impl FieldErrors {
             })
         }
     }
+}
+
+/// Parses command-line flags the way `C::try_parse_from` does, but with every `env = "QP_…"`
+/// fallback switched off: only `args` count. For tests, which must not depend on the variables of
+/// the machine they run on.
+pub fn parse_flags_only<C, I, T>(args: I) -> Result<C, clap::Error>
+where
+    C: clap::Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let command = C::command().mut_args(|a| a.env(None));
+    let matches = command.try_get_matches_from(args)?;
+    <C as clap::FromArgMatches>::from_arg_matches(&matches)
 }
 
 /// Output format of the process logs.
@@ -359,9 +378,8 @@ fn random_replica_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
-    #[derive(Parser)]
+    #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
         service: ServiceArgs,
@@ -377,11 +395,14 @@ mod tests {
 
     #[test]
     fn defaults_are_the_local_dev_setup() {
-        let cli = Cli::try_parse_from(["t", "--replica-id", "r1"]).unwrap();
+        let cli = parse_flags_only::<Cli, _, _>(["t", "--replica-id", "r1"]).unwrap();
         let mut errs = FieldErrors::new();
         let cfg = cli.service.resolve(&defaults(true), &mut errs);
         errs.finish().unwrap();
-        assert_eq!(cfg.http_addr, "127.0.0.1:9090".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            cfg.http_addr,
+            "127.0.0.1:9090".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(cfg.log_format, LogFormat::Text);
         assert_eq!(cfg.store, StoreTarget::Embedded);
         assert_eq!(cfg.otlp_endpoint, None);
@@ -390,7 +411,7 @@ mod tests {
 
     #[test]
     fn every_bad_value_is_reported_at_once_by_name() {
-        let cli = Cli::try_parse_from([
+        let cli = parse_flags_only::<Cli, _, _>([
             "t",
             "--http-addr",
             "localhost:x",
@@ -425,14 +446,23 @@ mod tests {
             ]
         );
         let text = err.to_string();
-        assert!(text.starts_with("invalid configuration (7 problems):"), "{text}");
-        assert!(text.contains("\"yaml\" is not one of: text, json"), "{text}");
-        assert!(text.contains("\"localhost:x\" is not a socket address"), "{text}");
+        assert!(
+            text.starts_with("invalid configuration (7 problems):"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"yaml\" is not one of: text, json"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"localhost:x\" is not a socket address"),
+            "{text}"
+        );
     }
 
     #[test]
     fn redis_is_required_where_embedded_is_not_allowed() {
-        let cli = Cli::try_parse_from(["t", "--replica-id", "r1"]).unwrap();
+        let cli = parse_flags_only::<Cli, _, _>(["t", "--replica-id", "r1"]).unwrap();
         let mut errs = FieldErrors::new();
         let _ = cli.service.resolve(&defaults(false), &mut errs);
         let err = errs.finish().unwrap_err();
@@ -442,7 +472,7 @@ mod tests {
 
     #[test]
     fn redis_url_and_prefix_are_taken() {
-        let cli = Cli::try_parse_from([
+        let cli = parse_flags_only::<Cli, _, _>([
             "t",
             "--redis",
             "redis://127.0.0.1:6379",

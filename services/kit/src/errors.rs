@@ -136,7 +136,11 @@ mod tests {
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert_eq!(s.message(), "rate limit of 50 requests/s reached");
         assert_eq!(
-            s.metadata().get(RETRY_AFTER_METADATA).unwrap().to_str().unwrap(),
+            s.metadata()
+                .get(RETRY_AFTER_METADATA)
+                .unwrap()
+                .to_str()
+                .unwrap(),
             "250"
         );
     }

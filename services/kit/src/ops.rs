@@ -256,9 +256,11 @@ mod tests {
 
     async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut raw = String::new();
         s.read_to_string(&mut raw).await.unwrap();
         let code = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -285,7 +287,10 @@ mod tests {
 
         listener.set(true);
         let (code, body) = get(addr, "/readyz").await;
-        assert_eq!((code, body.as_str()), (200, "ready\nok store\nok udp listener\n"));
+        assert_eq!(
+            (code, body.as_str()),
+            (200, "ready\nok store\nok udp listener\n")
+        );
 
         metrics::counter!("qp_test_ops_counter_total").increment(3);
         let (code, body) = get(addr, "/metrics").await;

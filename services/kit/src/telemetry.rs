@@ -96,9 +96,9 @@ pub fn init(cfg: &ServiceConfig) -> Result<Telemetry, TelemetryError> {
             )
         }
     };
-    let otel_layer = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer().with_tracer(p.tracer(cfg.service_name.clone()))
-    });
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(cfg.service_name.clone())));
     let (text, json) = match cfg.log_format {
         LogFormat::Text => (Some(tracing_subscriber::fmt::layer()), None),
         LogFormat::Json => (
@@ -125,7 +125,8 @@ pub fn inject_trace_context(
     mut request: tonic::Request<()>,
 ) -> Result<tonic::Request<()>, tonic::Status> {
     let cx = tracing::Span::current().context();
-    TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(request.metadata_mut()));
+    TraceContextPropagator::new()
+        .inject_context(&cx, &mut MetadataInjector(request.metadata_mut()));
     Ok(request)
 }
 
@@ -280,7 +281,12 @@ mod tests {
         let server_span = spans
             .iter()
             .find(|s| s.name == "/grpc.health.v1.Health/Check")
-            .unwrap_or_else(|| panic!("no server span among {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "no server span among {:?}",
+                    spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+                )
+            });
         assert_eq!(server_span.span_context.trace_id(), client_trace);
         assert_eq!(server_span.parent_span_id, client_span_id);
     }

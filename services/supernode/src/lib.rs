@@ -12,7 +12,9 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use quickp2p_service_kit::config::{FieldErrors, ServiceArgs, ServiceConfig, ServiceDefaults, StoreTarget};
+use quickp2p_service_kit::config::{
+    FieldErrors, ServiceArgs, ServiceConfig, ServiceDefaults, StoreTarget,
+};
 use quickp2p_service_kit::{OpsServer, Readiness, Shutdown, telemetry};
 use quickp2p_store::Store;
 use tracing::Instrument as _;
@@ -113,7 +115,12 @@ impl Supernode {
         readiness.watch_store("store", store.clone());
         let ops = OpsServer::bind(config.service.http_addr, readiness.clone())
             .await
-            .with_context(|| format!("cannot bind the ops HTTP server on {}", config.service.http_addr))?;
+            .with_context(|| {
+                format!(
+                    "cannot bind the ops HTTP server on {}",
+                    config.service.http_addr
+                )
+            })?;
         let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("cannot bind the gRPC listener on {}", config.grpc_addr))?;
@@ -143,8 +150,12 @@ impl Supernode {
     pub fn banner(&self) -> std::io::Result<String> {
         let a = self.addresses()?;
         let state = match &self.config.service.store {
-            StoreTarget::Embedded => "embedded (in this process; one replica of each role)".to_owned(),
-            StoreTarget::Redis { url, key_prefix } => format!("Redis {url} (keys under {key_prefix}:)"),
+            StoreTarget::Embedded => {
+                "embedded (in this process; one replica of each role)".to_owned()
+            }
+            StoreTarget::Redis { url, key_prefix } => {
+                format!("Redis {url} (keys under {key_prefix}:)")
+            }
         };
         Ok(format!(
             "quickP2P supernode {version} (replica {replica})\n\

@@ -21,11 +21,28 @@ impl Drop for Node {
     }
 }
 
+/// The supernode binary with none of the machine's `QP_*` variables: only the test's flags count.
+fn supernode() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quickp2p-supernode"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("QP_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 fn start(extra: &[&str]) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quickp2p-supernode"))
-        .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--log", "warn"])
+    let mut child = supernode()
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+        ])
         .args(extra)
-        .env_remove("QP_REDIS_URL")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -60,7 +77,11 @@ fn start(extra: &[&str]) -> Node {
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let status = raw
@@ -68,7 +89,10 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {raw:?}"));
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -93,7 +117,10 @@ fn sigterm_and_wait(node: &mut Node) -> std::process::ExitStatus {
         if let Some(status) = node.child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "supernode did not stop within 10 s of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "supernode did not stop within 10 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -105,11 +132,17 @@ fn embedded_supernode_serves_health_ready_metrics_and_stops_on_sigterm() {
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     let (code, body) = wait_ready(node.ops, 200);
     assert_eq!(code, 200, "{body}");
-    assert!(body.contains("ok store") && body.contains("ok grpc listener"), "{body}");
+    assert!(
+        body.contains("ok store") && body.contains("ok grpc listener"),
+        "{body}"
+    );
     let (code, _) = http_get(node.ops, "/metrics");
     assert_eq!(code, 200);
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let serving = rt.block_on(async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
             .unwrap()
@@ -118,13 +151,18 @@ fn embedded_supernode_serves_health_ready_metrics_and_stops_on_sigterm() {
             .unwrap();
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
         client
-            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
             .await
             .unwrap()
             .into_inner()
             .status
     });
-    assert_eq!(serving, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        serving,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     drop(rt); // closes the client's connection, as a client going away does
 
     let status = sigterm_and_wait(&mut node);
@@ -161,8 +199,15 @@ fn unreachable_redis_makes_it_not_ready_not_dead() {
 
 #[test]
 fn bad_configuration_is_reported_all_at_once() {
-    let out = Command::new(env!("CARGO_BIN_EXE_quickp2p-supernode"))
-        .args(["--http-addr", "nowhere", "--grpc-addr", "1.2.3.4", "--log-format", "xml"])
+    let out = supernode()
+        .args([
+            "--http-addr",
+            "nowhere",
+            "--grpc-addr",
+            "1.2.3.4",
+            "--log-format",
+            "xml",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
