@@ -10,7 +10,9 @@
 //!   credentials;
 //! * [`channel_data`]: TURN ChannelData framing (RFC 8656 §12.4);
 //! * [`classify`](mod@classify): first-byte demultiplexing of one UDP socket shared by STUN, QUIC
-//!   and TURN (RFC 7983 / RFC 9443).
+//!   and TURN (RFC 7983 / RFC 9443);
+//! * [`nat`]: the RFC 5780 NAT behaviour discovery state machine ([`NatDiscovery`]) and
+//!   the [`NatReport`] it produces.
 //!
 //! Parsing never panics and never allocates: every decoder borrows its input and
 //! bounds how much it looks at (see [`stun::MAX_ATTRIBUTES`]); malformed input is a
@@ -19,7 +21,9 @@
 
 pub mod channel_data;
 pub mod classify;
+pub mod nat;
 pub mod stun;
 
 pub use channel_data::{ChannelData, ChannelDataError, ChannelDataPadding, ChannelNumber};
 pub use classify::{DatagramSource, PacketKind, classify, is_stun};
+pub use nat::{FilteringBehaviour, MappingBehaviour, NatDiscovery, NatDiscoveryConfig, NatReport};

@@ -1,0 +1,19 @@
+//! quickP2P client SDK: what peer programs embed.
+//!
+//! A peer binds **one UDP socket** and uses it for everything — STUN, QUIC to the
+//! gateway, TURN, hole punching and tunnels — so that the NAT mapping the STUN
+//! services observe is the mapping later used for punching. The SDK grows as the
+//! supernode roles land; today it offers
+//!
+//! * [`nat`]: the NAT report — RFC 5780 behaviour discovery (mapping, filtering,
+//!   hairpinning, port preservation, reflexive addresses) driven on the caller's
+//!   socket by [`nat::nat_report`];
+//! * [`wire`]: the sans-IO codecs and state machines underneath
+//!   (`quickp2p-wire`).
+//!
+//! The crate also builds the `quickp2p` command-line tool (feature `cli`, on by
+//! default): `quickp2p nat-report --stun HOST[:PORT]`.
+
+pub mod nat;
+
+pub use quickp2p_wire as wire;
