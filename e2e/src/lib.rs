@@ -5,6 +5,8 @@
 //! a WAN, a supernode host with two public addresses, and peers behind NATs of every RFC 4787
 //! kind — and runs real binaries inside it (see `e2e/README.md`). [`udp_probe`] is the tiny UDP
 //! tool (`qp-udp-probe`) the lab's own tests use to observe each NAT's mapping and filtering.
+//! [`binaries`] finds the workspace's real binaries for tests that run them in the lab.
 
+pub mod binaries;
 pub mod natlab;
 pub mod udp_probe;

@@ -99,11 +99,21 @@ pub fn init(cfg: &ServiceConfig) -> Result<Telemetry, TelemetryError> {
     let otel_layer = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(cfg.service_name.clone())));
+    // Logs go to stderr: stdout carries what a process prints for people and scripts (the
+    // addresses it listens on), and must not interleave with log lines.
     let (text, json) = match cfg.log_format {
-        LogFormat::Text => (Some(tracing_subscriber::fmt::layer()), None),
+        LogFormat::Text => (
+            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+            None,
+        ),
         LogFormat::Json => (
             None,
-            Some(tracing_subscriber::fmt::layer().json().flatten_event(true)),
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            ),
         ),
     };
     tracing_subscriber::registry()

@@ -2,12 +2,16 @@
 //!
 //! This is what a newcomer runs first (`cargo run --release -p quickp2p-supernode`) and what
 //! end-to-end tests start. It opens the shared store — the embedded in-process backend by default,
-//! or Redis with `--redis URL` — and hosts, on one gRPC listener, the gRPC health service, server
-//! reflection of the `quickp2p.v1` protocol and each role's gRPC service as the roles land; the
-//! operations HTTP server serves `/healthz`, `/readyz` and `/metrics` for the whole process.
+//! or Redis with `--redis URL` — and runs:
+//! - the STUN pair: stun-a on 127.0.0.1 and stun-b on 127.0.0.2, each with a primary and an
+//!   alternate UDP port and its gRPC control listener (RFC 5780 behaviour discovery works across
+//!   the two addresses exactly as across two public IPs);
+//! - one gRPC listener with the gRPC health service and server reflection of `quickp2p.v1`, where
+//!   the other roles' services join as they land;
+//! - the operations HTTP server (`/healthz`, `/readyz`, `/metrics`) for the whole process.
 //!
-//! [`Supernode::bind`] binds every listener (port 0 works, for tests) and reports the addresses;
-//! [`Supernode::run`] serves until the shutdown token is cancelled.
+//! [`Supernode::bind`] binds every listener and reports the addresses; [`Supernode::run`] serves
+//! until the shutdown token is cancelled.
 
 use std::net::SocketAddr;
 
@@ -48,6 +52,11 @@ pub struct Args {
     /// Address of the gRPC listener serving health, reflection and the role services.
     #[arg(long, env = "QP_GRPC_ADDR", value_name = "IP:PORT")]
     pub grpc_addr: Option<String>,
+
+    /// First of the three ports of the STUN pair (primary, alternate = +1, control = +2), used on
+    /// both 127.0.0.1 (stun-a) and 127.0.0.2 (stun-b).
+    #[arg(long, env = "QP_STUN_PORT_BASE", value_name = "PORT")]
+    pub stun_port_base: Option<String>,
 }
 
 /// The typed configuration of the all-in-one process.
@@ -57,6 +66,8 @@ pub struct Config {
     pub service: ServiceConfig,
     /// gRPC listener address.
     pub grpc_addr: SocketAddr,
+    /// Ports of the loopback STUN pair.
+    pub stun_ports: quickp2p_stun::PairPorts,
 }
 
 impl Args {
@@ -69,8 +80,27 @@ impl Args {
             self.grpc_addr.as_deref(),
             DEFAULT_GRPC_ADDR,
         );
+        let base: u16 = errs.parse(
+            "--stun-port-base / QP_STUN_PORT_BASE",
+            self.stun_port_base.as_deref(),
+            quickp2p_stun::config::DEFAULT_PRIMARY_PORT,
+        );
+        errs.check(
+            "--stun-port-base / QP_STUN_PORT_BASE",
+            (1..=65533).contains(&base),
+            format!("{base} leaves no room for the two ports after it (1 to 65533)"),
+        );
+        let stun_ports = quickp2p_stun::PairPorts {
+            primary: base,
+            alternate: base.saturating_add(1),
+            control: base.saturating_add(2),
+        };
         errs.finish()?;
-        Ok(Config { service, grpc_addr })
+        Ok(Config {
+            service,
+            grpc_addr,
+            stun_ports,
+        })
     }
 }
 
@@ -81,6 +111,7 @@ pub struct Supernode {
     readiness: Readiness,
     ops: OpsServer,
     grpc: tokio::net::TcpListener,
+    stun: [quickp2p_stun::Stun; 2],
 }
 
 /// Where a running supernode can be reached.
@@ -90,6 +121,10 @@ pub struct Addresses {
     pub ops_http: SocketAddr,
     /// gRPC listener (health, reflection, role services).
     pub grpc: SocketAddr,
+    /// stun-a (127.0.0.1): primary, alternate and control addresses.
+    pub stun_a: quickp2p_stun::Addresses,
+    /// stun-b (127.0.0.2): primary, alternate and control addresses.
+    pub stun_b: quickp2p_stun::Addresses,
 }
 
 /// Opens the configured store. Redis is connected lazily and reconnects by itself, so a Redis
@@ -124,12 +159,31 @@ impl Supernode {
         let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("cannot bind the gRPC listener on {}", config.grpc_addr))?;
+        let mut stun = Vec::with_capacity(2);
+        for member in [quickp2p_stun::PairMember::A, quickp2p_stun::PairMember::B] {
+            let stun_config = quickp2p_stun::Config::loopback_pair(member, config.stun_ports);
+            let ip = stun_config.bind_ip;
+            let bound = quickp2p_stun::Stun::bind(stun_config).await.with_context(|| {
+                format!(
+                    "cannot bind stun-{} on {ip} ports {}, {} and {} (choose others with --stun-port-base)",
+                    member.as_str(),
+                    config.stun_ports.primary,
+                    config.stun_ports.alternate,
+                    config.stun_ports.control,
+                )
+            })?;
+            stun.push(bound.with_readiness(&readiness));
+        }
+        let stun: [quickp2p_stun::Stun; 2] = stun
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("the STUN pair has two members"))?;
         Ok(Self {
             config,
             store,
             readiness,
             ops,
             grpc,
+            stun,
         })
     }
 
@@ -138,6 +192,8 @@ impl Supernode {
         Ok(Addresses {
             ops_http: self.ops.local_addr()?,
             grpc: self.grpc.local_addr()?,
+            stun_a: self.stun[0].addresses(),
+            stun_b: self.stun[1].addresses(),
         })
     }
 
@@ -160,15 +216,22 @@ impl Supernode {
         Ok(format!(
             "quickP2P supernode {version} (replica {replica})\n\
              \x20 state       {state}\n\
-             \x20 roles       none yet: the roles land one by one (STUN, gateway, checkpoint, relay,\n\
-             \x20             index, admin, handshake) and each appears here when it does\n\
+             \x20 stun-a      {stun_a}   (alternate {stun_a_alt}, control {stun_a_ctl})\n\
+             \x20 stun-b      {stun_b}   (alternate {stun_b_alt}, control {stun_b_ctl})\n\
              \x20 grpc        {grpc}   (grpc.health.v1, server reflection of quickp2p.v1)\n\
+             \x20 not yet     gateway, checkpoint, relay, index, admin, handshake (they join as they land)\n\
              \x20 ops         http://{ops}   (/healthz /readyz /metrics)\n\
              Ctrl-C or SIGTERM stops it.",
             version = env!("CARGO_PKG_VERSION"),
             replica = self.config.service.replica_id,
             grpc = a.grpc,
             ops = a.ops_http,
+            stun_a = a.stun_a.primary,
+            stun_a_alt = a.stun_a.alternate,
+            stun_a_ctl = a.stun_a.control,
+            stun_b = a.stun_b.primary,
+            stun_b_alt = a.stun_b.alternate,
+            stun_b_ctl = a.stun_b.control,
         ))
     }
 
@@ -210,21 +273,29 @@ impl Supernode {
             .in_current_span(),
         );
         let ops = tokio::spawn(self.ops.run(shutdown.clone()).in_current_span());
+        let [stun_a, stun_b] = self.stun;
+        let stun_a = tokio::spawn(stun_a.run(shutdown.clone()).in_current_span());
+        let stun_b = tokio::spawn(stun_b.run(shutdown.clone()).in_current_span());
 
         shutdown.cancelled().await;
         tracing::info!(timeout = ?DRAIN_TIMEOUT, "draining");
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             let grpc = grpc.await;
             let ops = ops.await;
-            (grpc, ops)
+            let stun = [stun_a.await, stun_b.await];
+            (grpc, ops, stun)
         })
         .await;
         match drained {
-            Ok((grpc, ops)) => {
+            Ok((grpc, ops, stun)) => {
                 grpc.context("gRPC server task failed")?
                     .context("gRPC server failed")?;
                 ops.context("ops server task failed")?
                     .context("ops server failed")?;
+                for s in stun {
+                    s.context("STUN task failed")?
+                        .context("STUN server failed")?;
+                }
                 tracing::info!("stopped");
             }
             Err(_) => tracing::warn!(

@@ -12,6 +12,7 @@ struct Node {
     child: Child,
     ops: SocketAddr,
     grpc: SocketAddr,
+    stun_a: SocketAddr,
 }
 
 impl Drop for Node {
@@ -32,16 +33,36 @@ fn supernode() -> Command {
     cmd
 }
 
+/// A base port P such that P and P+1 (UDP) and P+2 (TCP) are free on 127.0.0.1 and 127.0.0.2, for
+/// the supernode's STUN pair. Tests run in parallel, so each picks its own.
+fn free_stun_port_base() -> u16 {
+    use std::net::{TcpListener, UdpSocket};
+    for _ in 0..200 {
+        let base = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if base > 65533 {
+            continue;
+        }
+        let free = ["127.0.0.1", "127.0.0.2"].iter().all(|ip| {
+            UdpSocket::bind((*ip, base)).is_ok()
+                && UdpSocket::bind((*ip, base + 1)).is_ok()
+                && TcpListener::bind((*ip, base + 2)).is_ok()
+        });
+        if free {
+            return base;
+        }
+    }
+    panic!("no free port triple for the STUN pair");
+}
+
 fn start(extra: &[&str]) -> Node {
+    let base = free_stun_port_base().to_string();
     let mut child = supernode()
-        .args([
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--log",
-            "warn",
-        ])
+        .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+        .args(["--log", "warn", "--stun-port-base", &base])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -49,8 +70,8 @@ fn start(extra: &[&str]) -> Node {
         .expect("start quickp2p-supernode");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let (mut ops, mut grpc) = (None, None);
-    while ops.is_none() || grpc.is_none() {
+    let (mut ops, mut grpc, mut stun) = (None, None, None);
+    while ops.is_none() || grpc.is_none() || stun.is_none() {
         let line = lines
             .next()
             .expect("supernode exited before printing its addresses")
@@ -61,6 +82,7 @@ fn start(extra: &[&str]) -> Node {
                 ops = Some(url.trim_start_matches("http://").parse().unwrap())
             }
             (Some("grpc"), Some(addr)) => grpc = Some(addr.parse().unwrap()),
+            (Some("stun-a"), Some(addr)) => stun = Some(addr.parse().unwrap()),
             _ => {}
         }
     }
@@ -70,6 +92,7 @@ fn start(extra: &[&str]) -> Node {
         child,
         ops: ops.unwrap(),
         grpc: grpc.unwrap(),
+        stun_a: stun.unwrap(),
     }
 }
 
@@ -162,6 +185,24 @@ fn embedded_supernode_serves_health_ready_metrics_and_stops_on_sigterm() {
     assert_eq!(
         serving,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // A peer asks the supernode's STUN pair what its NAT does: on loopback there is none.
+    let report = rt.block_on(async {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let options = quickp2p::nat::NatReportOptions::default();
+        quickp2p::nat::nat_report(&socket, node.stun_a, options)
+            .await
+            .unwrap()
+    });
+    use quickp2p_wire::nat::{FilteringBehaviour, MappingBehaviour};
+    assert_eq!(report.behind_nat, Some(false), "{report:?}");
+    assert_eq!(report.mapping, MappingBehaviour::EndpointIndependent);
+    assert_eq!(report.filtering, FilteringBehaviour::EndpointIndependent);
+    let (_, body) = http_get(node.ops, "/readyz");
+    assert!(
+        body.contains("ok stun-a udp primary") && body.contains("ok stun-b grpc control"),
+        "{body}"
     );
     drop(rt); // closes the client's connection, as a client going away does
 

@@ -747,11 +747,14 @@ impl NatDiscovery {
                 }
             }
         }
+        // Judged on the first mapping (test I) only: later mappings may get other ports for
+        // reasons that are not the NAT's allocation policy — a Linux NAT whose conntrack kept
+        // an entry for a filtered inbound answer (DESIGN.md §4) must pick a new port for the
+        // same destination, and a dependent mapping cannot reuse a port it already gave out.
         let local_port = self.local.port();
-        let port_preserving = if reflexive.is_empty() || local_port == 0 {
-            None
-        } else {
-            Some(reflexive.iter().all(|r| r.mapped.port() == local_port))
+        let port_preserving = match primary {
+            Some(p) if local_port != 0 => Some(p.mapped.port() == local_port),
+            _ => None,
         };
         let hairpinning = match self.state(Test::Hairpin) {
             TestState::Answered(_) => Some(true),

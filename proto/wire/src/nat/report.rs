@@ -234,8 +234,10 @@ pub struct NatReport {
     /// Whether a packet sent to our own public address comes back (RFC 4787 §6):
     /// `None` when not tested or not applicable (no NAT).
     pub hairpinning: Option<bool>,
-    /// Whether every observed mapping kept the local port; `None` without any
-    /// mapping.
+    /// Whether the NAT kept the local port for the first mapping (towards the
+    /// server's primary address); `None` without it. Later mappings can get other
+    /// ports even on a port-preserving NAT (a conflicting conntrack entry, or a
+    /// dependent mapping that needs a fresh port): `reflexive` lists them all.
     pub port_preserving: Option<bool>,
     /// Whether addresses are translated at all: `Some(false)` when the mapped
     /// address equals the local address (a firewall may still filter).
