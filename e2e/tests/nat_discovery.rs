@@ -52,7 +52,10 @@ fn start_stun_pair(lab: &Lab) -> [Running; 2] {
             .args(["--partner-addr", &format!("{partner}:{PRIMARY_PORT}")])
             .args(["--partner-alternate-port", &ALTERNATE_PORT.to_string()])
             .args(["--control-addr", &format!("{ip}:{CONTROL_PORT}")])
-            .args(["--partner-control-url", &format!("http://{partner}:{CONTROL_PORT}")])
+            .args([
+                "--partner-control-url",
+                &format!("http://{partner}:{CONTROL_PORT}"),
+            ])
             .args(["--http-addr", &format!("{ip}:9090"), "--log", "warn"])
             .args(["--replica-id", &format!("stun-{member}")])
             .stdout(Stdio::piped())
@@ -89,7 +92,9 @@ fn mapping_words(m: Mapping) -> (&'static str, &'static str) {
 
 fn filtering_words(f: Filtering) -> (&'static str, &'static str) {
     match f {
-        Filtering::EndpointIndependent => ("Endpoint Independent Filtering", "endpoint-independent"),
+        Filtering::EndpointIndependent => {
+            ("Endpoint Independent Filtering", "endpoint-independent")
+        }
         Filtering::AddressDependent => ("Address Dependent Filtering", "address-dependent"),
         Filtering::AddressAndPortDependent => (
             "Address and Port Dependent Filtering",
@@ -104,7 +109,13 @@ fn coturn_verdicts(peer: &Peer, stun: Ipv4Addr) -> Vec<String> {
         .command("turnutils_natdiscovery")
         // -L: bind the peer's own address, so that coturn can tell "no NAT" (it compares the
         // reflexive address with its local one, which is the wildcard otherwise).
-        .args(["-m", "-f", "-L", &peer.private_ip().to_string(), &stun.to_string()])
+        .args([
+            "-m",
+            "-f",
+            "-L",
+            &peer.private_ip().to_string(),
+            &stun.to_string(),
+        ])
         .output()
         .expect("run turnutils_natdiscovery (Debian package coturn; .ci/run installs it)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -153,11 +164,15 @@ fn discovery_matches_the_nat(kind: NatKind) {
     let verdicts = coturn_verdicts(peer, stun_a);
     // Without a NAT coturn still runs the RFC 5780 tests and words them "NAT with …".
     assert!(
-        verdicts.iter().any(|v| v == &format!("NAT with {coturn_mapping}!")),
+        verdicts
+            .iter()
+            .any(|v| v == &format!("NAT with {coturn_mapping}!")),
         "{kind:?}: coturn says {verdicts:?}, expected {coturn_mapping}"
     );
     assert!(
-        verdicts.iter().any(|v| v == &format!("NAT with {coturn_filtering}!")),
+        verdicts
+            .iter()
+            .any(|v| v == &format!("NAT with {coturn_filtering}!")),
         "{kind:?}: coturn says {verdicts:?}, expected {coturn_filtering}"
     );
     assert_eq!(
@@ -167,9 +182,19 @@ fn discovery_matches_the_nat(kind: NatKind) {
     );
 
     let report = our_report(peer, stun_a);
-    assert_eq!(report["mapping"]["behaviour"], our_mapping, "{kind:?}: {report:#}");
-    assert_eq!(report["filtering"]["behaviour"], our_filtering, "{kind:?}: {report:#}");
-    assert_eq!(report["behind_nat"], kind != NatKind::None, "{kind:?}: {report:#}");
+    assert_eq!(
+        report["mapping"]["behaviour"], our_mapping,
+        "{kind:?}: {report:#}"
+    );
+    assert_eq!(
+        report["filtering"]["behaviour"], our_filtering,
+        "{kind:?}: {report:#}"
+    );
+    assert_eq!(
+        report["behind_nat"],
+        kind != NatKind::None,
+        "{kind:?}: {report:#}"
+    );
     assert_eq!(
         report["public_address"]
             .as_str()
@@ -239,5 +264,8 @@ fn garbage_does_not_disturb_discovery() {
     let status = peer.command("bash").args(["-c", &script]).status().unwrap();
     assert!(status.success());
     let report = our_report(peer, stun_a);
-    assert_eq!(report["mapping"]["behaviour"], "endpoint-independent", "{report:#}");
+    assert_eq!(
+        report["mapping"]["behaviour"], "endpoint-independent",
+        "{report:#}"
+    );
 }
