@@ -9,8 +9,11 @@
 //!   store and listeners) and `/metrics` (Prometheus text).
 //! - [`shutdown`]: SIGTERM/SIGINT handling and the drain token passed to every `run` function.
 //! - [`errors`]: the one place where service errors become `tonic::Status`.
+//! - [`discovery`]: the addresses a process advertises and its partner's, from flags or (feature
+//!   `kubernetes`, on by default) from its Service and nodes in the Kubernetes API.
 
 pub mod config;
+pub mod discovery;
 pub mod errors;
 pub mod ops;
 pub mod shutdown;

@@ -10,6 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use quickp2p_service_kit::config::{FieldErrors, ServiceArgs, ServiceConfig, ServiceDefaults};
+use quickp2p_service_kit::discovery::{
+    DiscoveryArgs, DiscoveryConfig, DiscoveryMode, ExternalAddress,
+};
 
 use crate::limiter::RateLimit;
 
@@ -21,6 +24,12 @@ pub const DEFAULT_ALTERNATE_PORT: u16 = 3479;
 pub const DEFAULT_CONTROL_PORT: u16 = 3480;
 /// The default TCP port of the operations HTTP server of a lone `quickp2p-stun` process.
 pub const DEFAULT_HTTP_PORT: u16 = 9478;
+/// Name of the primary UDP port in the member's Kubernetes Service (discovery reads it).
+pub const SERVICE_PORT_PRIMARY: &str = "stun";
+/// Name of the alternate UDP port in the member's Kubernetes Service.
+pub const SERVICE_PORT_ALTERNATE: &str = "stun-alt";
+/// Name of the gRPC control port of a `hostNetwork` member's pod (its EndpointSlice lists it).
+pub const SERVICE_PORT_CONTROL: &str = "control";
 /// Loopback address of stun-a in the dev setup.
 pub const LOOPBACK_A: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 /// Loopback address of stun-b in the dev setup (any 127.0.0.0/8 address works on Linux).
@@ -219,6 +228,62 @@ impl Config {
         };
         SocketAddr::new(self.advertised_ip, port)
     }
+
+    /// Takes the addresses Kubernetes discovery found: this member's Service address becomes
+    /// the advertised IP, and the partner's (when given and this server has a partner) its
+    /// address and alternate port; for a `hostNetwork` partner the control URL also points at
+    /// the very pod behind that address. The Service must forward the STUN ports unchanged
+    /// (ports named [`SERVICE_PORT_PRIMARY`] and [`SERVICE_PORT_ALTERNATE`]), because a STUN
+    /// server advertises the ports it binds (RESPONSE-ORIGIN, OTHER-ADDRESS).
+    pub fn apply_discovered(
+        &mut self,
+        own: &ExternalAddress,
+        partner: Option<&ExternalAddress>,
+    ) -> Result<(), String> {
+        let port = |address: &ExternalAddress, name: &str, whose: &str| {
+            address.port(name).ok_or_else(|| {
+                let names: Vec<&str> = address.ports.keys().map(String::as_str).collect();
+                format!(
+                    "{whose} Service has no port named {name:?} (it has: {})",
+                    names.join(", ")
+                )
+            })
+        };
+        for (name, bound) in [
+            (SERVICE_PORT_PRIMARY, self.primary_port),
+            (SERVICE_PORT_ALTERNATE, self.alternate_port),
+        ] {
+            let exposed = port(own, name, "this member's")?;
+            if exposed != bound {
+                return Err(format!(
+                    "this member's Service exposes port {name:?} as {exposed} but the server binds \
+                     {bound}: STUN advertises the ports it binds, so the Service must forward them \
+                     unchanged (a node port must equal the bound port)"
+                ));
+            }
+        }
+        if let (Some(found), Some(partner_config)) = (partner, self.partner.as_mut()) {
+            if found.ip == own.ip {
+                return Err(format!(
+                    "the partner's address {} is this member's own: RFC 5780 needs the pair on two IPs",
+                    found.ip
+                ));
+            }
+            partner_config.address = SocketAddr::new(
+                found.ip,
+                port(found, SERVICE_PORT_PRIMARY, "the partner's")?,
+            );
+            partner_config.alternate_port = port(found, SERVICE_PORT_ALTERNATE, "the partner's")?;
+            if let Some(backend) = &found.backend
+                && let Some(control) = backend.ports.get(SERVICE_PORT_CONTROL)
+            {
+                partner_config.control_url =
+                    format!("http://{}", SocketAddr::new(backend.pod_ip, *control));
+            }
+        }
+        self.advertised_ip = own.ip;
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -335,6 +400,11 @@ pub struct Args {
     #[command(flatten)]
     /// Flags every quickP2P process takes.
     pub service: ServiceArgs,
+
+    #[command(flatten)]
+    /// Where the advertised and partner addresses come from (`--discovery kubernetes` in a
+    /// cluster; see [`Config::apply_discovered`]).
+    pub discovery: DiscoveryArgs,
 }
 
 /// The flag and variable names of a field, as errors quote them.
@@ -346,7 +416,27 @@ impl Args {
     /// Validates every flag and returns the shared service settings and the STUN configuration;
     /// all problems are reported together.
     pub fn resolve(&self) -> Result<(ServiceConfig, Config), quickp2p_service_kit::ConfigError> {
+        self.resolve_with_discovery()
+            .map(|(service, config, _)| (service, config))
+    }
+
+    /// [`resolve`](Self::resolve), plus the discovery settings. With `--discovery kubernetes`
+    /// the advertised IP and the partner's address may be left to discovery: the binary then
+    /// completes the configuration with [`Config::apply_discovered`] before binding.
+    pub fn resolve_with_discovery(
+        &self,
+    ) -> Result<(ServiceConfig, Config, DiscoveryConfig), quickp2p_service_kit::ConfigError> {
         let mut errs = FieldErrors::new();
+        let discovery = self.discovery.resolve(&mut errs);
+        let discovered = discovery.mode == DiscoveryMode::Kubernetes;
+        // (with no node name either, the kit has already asked for the Service)
+        if discovered && discovery.node_name.is_some() {
+            errs.check(
+                "--discovery-service / QP_DISCOVERY_SERVICE",
+                discovery.service.is_some(),
+                "is required for the STUN server: its Service says where clients reach it",
+            );
+        }
         let member = errs.one_of(
             &name("member", "QP_STUN_MEMBER"),
             self.member.as_deref(),
@@ -366,7 +456,8 @@ impl Args {
         );
         errs.check(
             &name("advertised-ip", "QP_STUN_ADVERTISED_IP"),
-            !advertised_ip.is_unspecified() && !advertised_ip.is_multicast(),
+            (discovered && self.advertised_ip.is_none())
+                || (!advertised_ip.is_unspecified() && !advertised_ip.is_multicast()),
             format!(
                 "{advertised_ip} cannot be reached by clients: give the address clients use (required when --bind-ip is unspecified)"
             ),
@@ -605,7 +696,7 @@ impl Args {
             forward_staleness,
             max_forwards_in_flight,
         };
-        Ok((service, config))
+        Ok((service, config, discovery))
     }
 }
 
@@ -750,6 +841,111 @@ mod tests {
         }
         // a store is never required
         assert!(!names.contains(&"--redis / QP_REDIS_URL"), "{err}");
+    }
+
+    fn discovered(ip: &str, ports: &[(&str, u16)]) -> ExternalAddress {
+        ExternalAddress {
+            ip: ip.parse().unwrap(),
+            ports: ports.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect(),
+            source: quickp2p_service_kit::discovery::AddressSource::LoadBalancer,
+            backend: None,
+        }
+    }
+
+    #[test]
+    fn kubernetes_discovery_leaves_the_addresses_to_the_service() {
+        let (_, mut config, discovery) = Args::try_parse_from([
+            "quickp2p-stun",
+            "--replica-id",
+            "t1",
+            "--bind-ip",
+            "0.0.0.0",
+            "--discovery",
+            "kubernetes",
+            "--discovery-service",
+            "qp-stun-a",
+            "--discovery-partner-service",
+            "qp-stun-b",
+            "--partner-control-url",
+            "http://qp-stun-b-control:3480",
+        ])
+        .unwrap()
+        .resolve_with_discovery()
+        .unwrap();
+        assert_eq!(discovery.mode, DiscoveryMode::Kubernetes);
+        assert_eq!(discovery.partner_service.as_deref(), Some("qp-stun-b"));
+
+        let own = discovered("203.0.113.10", &[("stun", 3478), ("stun-alt", 3479)]);
+        let partner = discovered("203.0.113.11", &[("stun", 3478), ("stun-alt", 3479)]);
+        config.apply_discovered(&own, Some(&partner)).unwrap();
+        assert_eq!(
+            config.advertised_ip,
+            "203.0.113.10".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(config.bind_ip, "0.0.0.0".parse::<IpAddr>().unwrap());
+        let partner = config.partner.unwrap();
+        assert_eq!(partner.address, "203.0.113.11:3478".parse().unwrap());
+        assert_eq!(partner.alternate_port, 3479);
+        assert_eq!(
+            partner.control_url, "http://qp-stun-b-control:3480",
+            "the flag's"
+        );
+    }
+
+    #[test]
+    fn a_host_network_partner_is_called_on_its_pod() {
+        let mut config = Config::default();
+        let own = discovered("198.51.100.30", &[("stun", 3478), ("stun-alt", 3479)]);
+        let mut partner = discovered("198.51.100.31", &[("stun", 3478), ("stun-alt", 3479)]);
+        partner.backend = Some(quickp2p_service_kit::discovery::Backend {
+            pod_ip: "10.0.0.8".parse().unwrap(),
+            ports: [("control".to_owned(), 3480)].into(),
+        });
+        config.apply_discovered(&own, Some(&partner)).unwrap();
+        assert_eq!(config.partner.unwrap().control_url, "http://10.0.0.8:3480");
+    }
+
+    #[test]
+    fn discovered_ports_must_be_the_bound_ones() {
+        let mut config = Config::default();
+        let node_port = discovered("198.51.100.21", &[("stun", 31478), ("stun-alt", 31479)]);
+        let err = config.apply_discovered(&node_port, None).unwrap_err();
+        assert!(
+            err.contains("exposes port \"stun\" as 31478 but the server binds 3478"),
+            "{err}"
+        );
+        let unnamed = discovered("198.51.100.21", &[("udp", 3478)]);
+        let err = config.apply_discovered(&unnamed, None).unwrap_err();
+        assert!(
+            err.contains("no port named \"stun\" (it has: udp)"),
+            "{err}"
+        );
+        let own = discovered("198.51.100.21", &[("stun", 3478), ("stun-alt", 3479)]);
+        let err = config.apply_discovered(&own, Some(&own)).unwrap_err();
+        assert!(err.contains("two IPs"), "{err}");
+        assert_eq!(
+            config,
+            Config::default(),
+            "nothing taken from a refused discovery"
+        );
+    }
+
+    #[test]
+    fn kubernetes_discovery_needs_the_member_service() {
+        let err = resolve(&[
+            "--bind-ip",
+            "0.0.0.0",
+            "--discovery",
+            "kubernetes",
+            "--node-name",
+            "n1",
+        ])
+        .unwrap_err();
+        assert_eq!(err.errors.len(), 1, "{err}");
+        assert_eq!(
+            err.errors[0].name,
+            "--discovery-service / QP_DISCOVERY_SERVICE"
+        );
     }
 
     #[test]

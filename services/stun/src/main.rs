@@ -1,14 +1,16 @@
-//! `quickp2p-stun`: read flags, bind, print where it listens, run until SIGTERM/SIGINT.
+//! `quickp2p-stun`: read flags (and, with `--discovery kubernetes`, the member's and its
+//! partner's Service addresses), bind, print where it listens, run until SIGTERM/SIGINT.
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use quickp2p_service_kit::config::ServiceConfig;
+use quickp2p_service_kit::discovery::{DiscoveryConfig, DiscoveryMode, KubeDiscovery};
 use quickp2p_service_kit::{OpsServer, Readiness, shutdown, telemetry};
 use quickp2p_stun::{Args, Config, Stun};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let (service, config) = match Args::parse().resolve() {
+    let (service, mut config, discovery) = match Args::parse().resolve_with_discovery() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("quickp2p-stun: {e}");
@@ -22,6 +24,13 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if discovery.mode == DiscoveryMode::Kubernetes
+        && let Err(e) = discover(&mut config, &discovery).await
+    {
+        tracing::error!("{e:#}");
+        eprintln!("quickp2p-stun: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     match serve(service, config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -30,6 +39,39 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Completes `config` from the Kubernetes API: this member's Service address and, when it has a
+/// partner, the partner's (waiting up to `--discovery-wait-s` for load balancers and pods).
+async fn discover(config: &mut Config, discovery: &DiscoveryConfig) -> anyhow::Result<()> {
+    let kube = KubeDiscovery::in_cluster(discovery)?;
+    let service = discovery
+        .service
+        .as_deref()
+        .context("--discovery-service / QP_DISCOVERY_SERVICE is required")?;
+    let own = kube
+        .wait_service_address(service, discovery.node_name.as_deref(), discovery.wait)
+        .await
+        .with_context(|| format!("cannot find this member's address (service {service})"))?;
+    let partner = match (&config.partner, &discovery.partner_service) {
+        (Some(_), Some(partner)) => Some(
+            kube.wait_service_address(partner, None, discovery.wait)
+                .await
+                .with_context(|| {
+                    format!("cannot find the partner's address (service {partner})")
+                })?,
+        ),
+        _ => None,
+    };
+    config
+        .apply_discovered(&own, partner.as_ref())
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        advertised = %config.advertised_ip, source = ?own.source,
+        partner = ?config.partner.as_ref().map(|p| (p.address, &p.control_url)),
+        "addresses discovered in namespace {}", kube.namespace()
+    );
+    Ok(())
 }
 
 async fn serve(service: ServiceConfig, config: Config) -> anyhow::Result<()> {
