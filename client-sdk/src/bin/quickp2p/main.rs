@@ -1,8 +1,10 @@
 //! `quickp2p`: the quickP2P command-line peer.
 //!
-//! Subcommands (more arrive with later features: `keygen`, `chat`, `tunnel`, …):
+//! Subcommands (more arrive with later features: `tunnel`, …):
 //!
 //! * `nat-report`: measure this host's NAT against a STUN server pair (RFC 5780).
+//! * `keygen`: make a peer key file and print the peer id.
+//! * `chat`: log in through a gateway and chat with one peer.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error.
 
@@ -10,6 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod chat;
+mod keygen;
 mod nat_report;
 
 /// quickP2P command-line peer.
@@ -26,6 +30,10 @@ enum Command {
     /// mapping and filtering behaviour, hairpinning, port preservation and the
     /// reflexive addresses, seen from one UDP socket.
     NatReport(nat_report::Args),
+    /// Make an Ed25519 key pair, write it to a key file and print the peer id.
+    Keygen(keygen::Args),
+    /// Log in through a gateway and chat with one peer (lines in, messages out).
+    Chat(chat::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +52,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::NatReport(args) => nat_report::run(args).await,
+            Command::Keygen(args) => keygen::run(args),
+            Command::Chat(args) => chat::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,505 @@
+//! `bench_sessions`: instant-message throughput and latency across two gateways, and the memory of
+//! idle sessions on one gateway.
+//!
+//! It starts its own redis-server (free port, no persistence), one `quickp2p-checkpoint` and three
+//! `quickp2p-gateway`s from `--bin-dir`, creates an application, then:
+//!
+//! 1. **latency at fixed rates** (one phase per `--rates` value, fresh sessions each): `--peers`
+//!    SDK sessions (half on each of gateways 1 and 2); peer i sends to peer i + peers/2 on the other
+//!    gateway, all together at the offered rate (open loop: sends start on schedule whatever the
+//!    answers do) for `--duration` seconds. Each payload carries its send time; the receiver
+//!    computes the one-way delivery latency (same process, same clock). Also the send →
+//!    `MessageAccepted` latency.
+//! 2. **throughput**: the peers send as fast as the acknowledgements come back (closed loop), each
+//!    with `--window` messages in flight, for `--duration` seconds.
+//! 3. **memory**: `--idle` sessions log in to a third gateway that served nothing before and stay
+//!    idle; its RSS before and after, divided by the number of sessions.
+//!
+//! ```text
+//! cargo build --release -p quickp2p-checkpoint -p quickp2p-gateway -p quickp2p-e2e --bin bench_sessions
+//! target/release/bench_sessions
+//! ```
+//!
+//! This is a benchmark program: it prints figures and asserts nothing. Only loopback is used.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use quickp2p::identity::Identity;
+use quickp2p::session::{AppCredentials, GatewayTrust, Peer, Session, SessionConfig};
+
+/// Message throughput/latency over two gateways and idle-session memory on one.
+#[derive(Debug, Parser)]
+#[command(name = "bench_sessions")]
+struct Args {
+    /// Directory with the quickp2p-checkpoint and quickp2p-gateway binaries.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Peers in the message phases (half on each gateway).
+    #[arg(long, default_value_t = 1000)]
+    peers: usize,
+    /// Total messages per second offered in the latency phases, one phase per rate.
+    #[arg(long, value_delimiter = ',', default_value = "1000,2500,5000,10000")]
+    rates: Vec<u64>,
+    /// Seconds per message phase.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Messages in flight per peer in the throughput phase.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Idle sessions for the memory phase (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    /// Payload size in bytes (at least 16).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+}
+
+/// A child process, killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(
+    program: &std::path::Path,
+    args: &[String],
+) -> anyhow::Result<(
+    Proc,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+)> {
+    use std::io::BufRead as _;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("QP_") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", program.display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    Ok((Proc(child), std::io::BufReader::new(stdout).lines()))
+}
+
+fn wait_line(
+    lines: &mut std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    pattern: &str,
+) -> anyhow::Result<String> {
+    for line in lines.by_ref() {
+        let line = line?;
+        if line.contains(pattern) {
+            return Ok(line);
+        }
+    }
+    bail!("the process ended before printing {pattern:?}")
+}
+
+struct Network {
+    _redis: Proc,
+    _checkpoint: Proc,
+    gateways: Vec<(Proc, SocketAddr, [u8; 32])>,
+    secret: String,
+}
+
+fn start(args: &Args) -> anyhow::Result<Network> {
+    let redis_port = free_port()?;
+    let (redis, redis_lines) = spawn(
+        std::path::Path::new("redis-server"),
+        &[
+            "--port".into(),
+            redis_port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+        ],
+    )?;
+    // keep reading its log: a closed pipe would kill it
+    std::thread::spawn(move || redis_lines.for_each(drop));
+    let url = format!("redis://127.0.0.1:{redis_port}");
+    for _ in 0..100 {
+        let pong = Command::new("redis-cli")
+            .args(["-p", &redis_port.to_string(), "ping"])
+            .output();
+        if pong.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let checkpoint_bin = args.bin_dir.join("quickp2p-checkpoint");
+    let out = Command::new(&checkpoint_bin)
+        .args(["--redis", &url, "app", "create", "--id", "bench"])
+        .output()
+        .with_context(|| format!("cannot run {}", checkpoint_bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let secret = text
+        .lines()
+        .find_map(|l| l.strip_prefix("secret      "))
+        .with_context(|| {
+            format!(
+                "no secret printed: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?
+        .trim()
+        .to_owned();
+    let grpc = free_port()?;
+    let (checkpoint, mut lines) = spawn(
+        &checkpoint_bin,
+        &[
+            "--redis".into(),
+            url.clone(),
+            "--grpc-addr".into(),
+            format!("127.0.0.1:{grpc}"),
+            "--http-addr".into(),
+            format!("127.0.0.1:{}", free_port()?),
+            "--replica-id".into(),
+            "cp".into(),
+            "--log".into(),
+            "warn".into(),
+        ],
+    )?;
+    wait_line(&mut lines, "grpc")?;
+    std::thread::spawn(move || lines.for_each(drop));
+    let mut gateways = Vec::new();
+    // gateways 1 and 2 carry the message phases; gateway 3 stays empty until the memory phase
+    for i in 1..=3 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+        let (gw, mut lines) = spawn(
+            &args.bin_dir.join("quickp2p-gateway"),
+            &[
+                "--redis".into(),
+                url.clone(),
+                "--udp-addr".into(),
+                udp.to_string(),
+                "--grpc-addr".into(),
+                format!("127.0.0.1:{}", free_port()?),
+                "--checkpoint-url".into(),
+                format!("http://127.0.0.1:{grpc}"),
+                "--http-addr".into(),
+                format!("127.0.0.1:{}", free_port()?),
+                "--replica-id".into(),
+                format!("gw-{i}"),
+                "--log".into(),
+                "warn".into(),
+                "--requests-per-second".into(),
+                "100000".into(),
+                "--max-in-flight".into(),
+                "1024".into(),
+                "--queue-depth".into(),
+                "4096".into(),
+            ],
+        )?;
+        let line = wait_line(&mut lines, "fingerprint sha256:")?;
+        std::thread::spawn(move || lines.for_each(drop));
+        let hex = line
+            .split("sha256:")
+            .nth(1)
+            .context("fingerprint")?
+            .trim()
+            .to_owned();
+        let mut pin = [0u8; 32];
+        for (k, b) in pin.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * k..2 * k + 2], 16)?;
+        }
+        gateways.push((gw, udp, pin));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(Network {
+        _redis: redis,
+        _checkpoint: checkpoint,
+        gateways,
+        secret,
+    })
+}
+
+async fn connect(
+    net: &Network,
+    gateway: usize,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Session>> {
+    let pins = GatewayTrust::Pinned(net.gateways.iter().map(|g| g.2).collect());
+    let addr = net.gateways[gateway].1;
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let permit = Arc::clone(&semaphore).acquire_owned().await?;
+        let mut config = SessionConfig::new(
+            vec![addr],
+            AppCredentials::new("bench", net.secret.clone()),
+            Identity::generate()?,
+        )
+        .trust(pins.clone());
+        config.bind = "127.0.0.1:0".parse()?;
+        config.keep_alive = Duration::from_secs(5);
+        config.idle_timeout = Duration::from_secs(30);
+        config.connect_timeout = Duration::from_secs(60);
+        tasks.push(tokio::spawn(async move {
+            let session = Peer::connect(config).await;
+            drop(permit);
+            session
+        }));
+    }
+    let mut sessions = Vec::with_capacity(count);
+    for t in tasks {
+        sessions.push(t.await??);
+    }
+    Ok(sessions)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn report(name: &str, mut micros: Vec<u64>) {
+    micros.sort_unstable();
+    println!(
+        "  {name:<22} n={:<8} p50 {:>7.3} ms   p99 {:>7.3} ms   max {:>8.3} ms",
+        micros.len(),
+        percentile(&micros, 0.50),
+        percentile(&micros, 0.99),
+        micros.last().copied().unwrap_or(0) as f64 / 1000.0
+    );
+}
+
+/// Runs one message phase; `pace` = Some(interval per peer) for a fixed rate, None for as fast as
+/// possible with `window` in flight.
+async fn phase(
+    peers: &[Session],
+    payload: usize,
+    duration: Duration,
+    pace: Option<Duration>,
+    window: usize,
+) -> anyhow::Result<()> {
+    let epoch = Instant::now();
+    let half = peers.len() / 2;
+    let delivered = Arc::new(tokio::sync::Mutex::new(Vec::<u64>::new()));
+    let received = Arc::new(AtomicU64::new(0));
+    let (stop_readers, stop_rx) = tokio::sync::watch::channel(false);
+    let mut readers = Vec::new();
+    for p in peers {
+        let Some(mut inbox) = p.messages() else {
+            continue;
+        };
+        let delivered = Arc::clone(&delivered);
+        let received = Arc::clone(&received);
+        let mut stop = stop_rx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut local = Vec::new();
+            let mut record = |m: quickp2p::session::IncomingMessage| {
+                let mut ts = [0u8; 8];
+                ts.copy_from_slice(&m.payload[..8]);
+                let sent = u64::from_be_bytes(ts);
+                local.push((epoch.elapsed().as_micros() as u64).saturating_sub(sent));
+                received.fetch_add(1, Ordering::Relaxed);
+            };
+            loop {
+                tokio::select! {
+                    m = inbox.recv() => match m { Some(m) => record(m), None => break },
+                    _ = stop.changed() => break,
+                }
+            }
+            while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), inbox.recv()).await
+            {
+                record(m);
+            }
+            delivered.lock().await.extend(local);
+        }));
+    }
+    let accepted = Arc::new(tokio::sync::Mutex::new(Vec::<u64>::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop_at = epoch + duration;
+    let mut senders = Vec::new();
+    for i in 0..half * 2 {
+        let from = peers[i].clone();
+        let to = peers[(i + half) % (half * 2)].peer_id().clone();
+        let accepted = Arc::clone(&accepted);
+        let errors = Arc::clone(&errors);
+        let lanes = if pace.is_some() { 1 } else { window };
+        for lane in 0..lanes {
+            let from = from.clone();
+            let to = to.clone();
+            let accepted = Arc::clone(&accepted);
+            let errors = Arc::clone(&errors);
+            senders.push(tokio::spawn(async move {
+                let mut local = Vec::new();
+                let mut next = tokio::time::Instant::now();
+                if let Some(p) = pace {
+                    // spread the peers over the interval
+                    next += p.mul_f64((i * lanes + lane) as f64 / (half * 2) as f64);
+                }
+                // paced: open loop (a send starts every interval, whatever the answers do);
+                // unpaced: closed loop (the next send starts when the previous is answered)
+                let mut inflight = tokio::task::JoinSet::new();
+                let record = |r: Option<u64>, local: &mut Vec<u64>| match r {
+                    Some(lat) => local.push(lat),
+                    None => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                };
+                while Instant::now() < stop_at {
+                    if let Some(p) = pace {
+                        tokio::time::sleep_until(next).await;
+                        next += p;
+                    }
+                    let t = epoch.elapsed().as_micros() as u64;
+                    let mut body = vec![0u8; payload];
+                    body[..8].copy_from_slice(&t.to_be_bytes());
+                    let from = from.clone();
+                    let to = to.clone();
+                    let send = async move {
+                        from.send_message(&to, body)
+                            .await
+                            .ok()
+                            .map(|_| (epoch.elapsed().as_micros() as u64).saturating_sub(t))
+                    };
+                    if pace.is_some() {
+                        inflight.spawn(send);
+                        while let Some(r) = inflight.try_join_next() {
+                            record(r.ok().flatten(), &mut local);
+                        }
+                    } else {
+                        let r = send.await;
+                        record(r, &mut local);
+                    }
+                }
+                while let Some(r) = inflight.join_next().await {
+                    record(r.ok().flatten(), &mut local);
+                }
+                accepted.lock().await.extend(local);
+            }));
+        }
+    }
+    for s in senders {
+        s.await?;
+    }
+    let elapsed = epoch.elapsed().min(duration + Duration::from_secs(1));
+    let _ = stop_readers.send(true);
+    for r in readers {
+        let _ = r.await;
+    }
+    let accepted = std::mem::take(&mut *accepted.lock().await);
+    let delivered = std::mem::take(&mut *delivered.lock().await);
+    println!(
+        "  accepted {:.0} msg/s ({} in {:.1} s), delivered {}, errors {}",
+        accepted.len() as f64 / elapsed.as_secs_f64(),
+        accepted.len(),
+        elapsed.as_secs_f64(),
+        received.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed)
+    );
+    report("send -> accepted", accepted);
+    report("send -> delivered", delivered);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    anyhow::ensure!(args.payload >= 16, "--payload must be at least 16");
+    let net = start(&args)?;
+    println!(
+        "bench_sessions: {} peers over 2 gateways, payload {} B, {} s per phase",
+        args.peers, args.payload, args.duration
+    );
+
+    let half = args.peers / 2;
+    for rate in &args.rates {
+        let t = Instant::now();
+        let mut peers = connect(&net, 0, half, 64).await?;
+        peers.extend(connect(&net, 1, half, 64).await?);
+        println!(
+            "latency at {rate} msg/s offered (open loop; every message crosses gateways; {} sessions logged in in {:.2} s):",
+            peers.len(),
+            t.elapsed().as_secs_f64()
+        );
+        let per_peer = Duration::from_secs_f64(peers.len() as f64 / *rate as f64);
+        phase(
+            &peers,
+            args.payload,
+            Duration::from_secs(args.duration),
+            Some(per_peer),
+            1,
+        )
+        .await?;
+        for p in &peers {
+            p.close().await;
+        }
+    }
+
+    let mut peers = connect(&net, 0, half, 64).await?;
+    peers.extend(connect(&net, 1, half, 64).await?);
+    println!("throughput, {} in flight per peer:", args.window);
+    phase(
+        &peers,
+        args.payload,
+        Duration::from_secs(args.duration),
+        None,
+        args.window,
+    )
+    .await?;
+    for p in &peers {
+        p.close().await;
+    }
+    drop(peers);
+
+    if args.idle > 0 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let gw = &net.gateways[2].0;
+        let before = gw.rss_kib();
+        let t = Instant::now();
+        let idle = connect(&net, 2, args.idle, 64).await?;
+        let connect_time = t.elapsed();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = gw.rss_kib();
+        println!(
+            "memory: {} idle sessions on a fresh gateway (logged in in {:.1} s): RSS {} -> {} KiB, {:.1} KiB per session",
+            idle.len(),
+            connect_time.as_secs_f64(),
+            before,
+            after,
+            (after.saturating_sub(before)) as f64 / idle.len() as f64
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! The internal `quickp2p.v1.Deliver` gRPC service: other replicas queue events to the peers
+//! attached here. A recipient is `ACCEPTED` only once the event is in its outbound queue — the
+//! acknowledgement the sending gateway waits for before it tells its peer `MessageAccepted`.
+
+use std::sync::Arc;
+
+use quickp2p_proto::v1::{self, deliver_server::Deliver};
+use tonic::{Request, Response, Status};
+
+use crate::Shared;
+use crate::registry::QueueError;
+
+/// The Deliver service of one gateway.
+#[derive(Debug, Clone)]
+pub struct DeliverService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+fn app_of(app: Option<v1::AppId>) -> Result<String, Status> {
+    match app {
+        Some(a) if !a.value.is_empty() => Ok(a.value),
+        _ => Err(Status::invalid_argument("app_id is required")),
+    }
+}
+
+#[tonic::async_trait]
+impl Deliver for DeliverService {
+    async fn deliver(
+        &self,
+        request: Request<v1::DeliverRequest>,
+    ) -> Result<Response<v1::DeliverResponse>, Status> {
+        let req = request.into_inner();
+        let app = app_of(req.app_id)?;
+        if req.recipients.is_empty() || req.recipients.len() > 1000 {
+            return Err(Status::invalid_argument("1 to 1000 recipients"));
+        }
+        let event = req
+            .event
+            .ok_or_else(|| Status::invalid_argument("event is required"))?;
+        let frame = crate::remote::event_frame(event);
+        let results = req
+            .recipients
+            .into_iter()
+            .map(|peer| {
+                let status = match peer.public_key() {
+                    Ok(key) => match self
+                        .shared
+                        .registry
+                        .deliver(&(app.clone(), key), frame.clone())
+                    {
+                        Ok(()) => v1::DeliveryStatus::Accepted,
+                        Err(QueueError::Full) => v1::DeliveryStatus::QueueFull,
+                        Err(QueueError::NotAttached) => v1::DeliveryStatus::NotAttached,
+                    },
+                    Err(_) => v1::DeliveryStatus::NotAttached,
+                };
+                v1::RecipientStatus {
+                    peer: Some(peer),
+                    status: status as i32,
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::DeliverResponse { results }))
+    }
+
+    async fn broadcast(
+        &self,
+        request: Request<v1::DeliverBroadcastRequest>,
+    ) -> Result<Response<v1::DeliverBroadcastResponse>, Status> {
+        let req = request.into_inner();
+        let app = app_of(req.app_id)?;
+        let event = req
+            .event
+            .ok_or_else(|| Status::invalid_argument("event is required"))?;
+        let frame = crate::remote::event_frame(event);
+        let (mut accepted, mut queue_full) = (0, 0);
+        for session in self.shared.registry.of_app(&app) {
+            if session.tx.try_send(frame.clone()).is_ok() {
+                accepted += 1;
+            } else {
+                queue_full += 1;
+            }
+        }
+        Ok(Response::new(v1::DeliverBroadcastResponse {
+            accepted,
+            queue_full,
+        }))
+    }
+
+    async fn kick(
+        &self,
+        request: Request<v1::DeliverKickRequest>,
+    ) -> Result<Response<v1::DeliverKickResponse>, Status> {
+        let req = request.into_inner();
+        let app = app_of(req.app_id)?;
+        let key = req
+            .peer
+            .and_then(|p| p.public_key().ok())
+            .ok_or_else(|| Status::invalid_argument("peer must be a 32-byte peer id"))?;
+        let Some(session) = self.shared.registry.get(&(app, key)) else {
+            return Ok(Response::new(v1::DeliverKickResponse {
+                was_attached: false,
+            }));
+        };
+        let kicked = req.kicked.unwrap_or_default();
+        let _ = session
+            .tx
+            .try_send(crate::remote::event_frame(v1::PeerEvent {
+                event: Some(v1::peer_event::Event::Kicked(kicked)),
+            }));
+        session.close.cancel();
+        Ok(Response::new(v1::DeliverKickResponse {
+            was_attached: true,
+        }))
+    }
+}

@@ -1,0 +1,463 @@
+//! quickP2P gateway: terminates peer sessions.
+//!
+//! Peers connect with QUIC (ALPN `quickp2p/1`) and open one bidirectional control stream carrying
+//! length-delimited `PeerRequest` / `GatewayFrame` frames (`quickp2p_proto::frame`). The gateway
+//!
+//! * authenticates peers through the checkpoint (gRPC, with W3C trace context): challenge, login,
+//!   batched heartbeats (the `heartbeat` module), logout;
+//! * records the route peer → this gateway in the store at login (refreshed by heartbeats,
+//!   removed with compare-and-delete when the connection ends) and the reflexive address it sees
+//!   (sent to the checkpoint at login and with every heartbeat, returned to the peer in `Welcome`);
+//! * delivers instant messages: to a peer attached here directly; to a peer on another replica
+//!   with a gRPC `Deliver` call to that replica (found through the route and the replica
+//!   registry). `MessageAccepted` is only sent after the target gateway acknowledged that the
+//!   message is in the recipient's queue, so an accepted message is never lost to pub/sub;
+//! * pushes presence changes (from the checkpoint's [`PRESENCE_CHANNEL`] events) to watchers;
+//! * enforces per-session limits — requests/s, requests in flight, message size, queue depth,
+//!   frame size — each answered with a clear error code and counted in
+//!   `qp_gateway_rejections_total{kind}`.
+//!
+//! Embedding:
+//!
+//! ```no_run
+//! # async fn demo(store: quickp2p_store::Store) -> Result<(), Box<dyn std::error::Error>> {
+//! use quickp2p_gateway::{Config, Gateway};
+//! let gateway = Gateway::bind(Config::loopback("http://127.0.0.1:50052"), store)?;
+//! println!("QUIC on {} (sha256 {})", gateway.addresses().quic, gateway.fingerprint_hex());
+//! gateway.run(quickp2p_service_kit::Shutdown::new()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+mod connection;
+mod deliver;
+mod heartbeat;
+mod registry;
+mod remote;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use prost::Message as _;
+use quickp2p_proto::v1::{
+    self, checkpoint_client::CheckpointClient, deliver_server::DeliverServer,
+};
+use quickp2p_service_kit::{Readiness, ReadyFlag, Shutdown, telemetry};
+use quickp2p_store::{ReplicaInfo, Store};
+use tokio::sync::mpsc;
+use tracing::Instrument as _;
+
+pub use crate::config::{Args, CertSource, Config, Limits};
+pub use crate::deliver::DeliverService;
+pub use crate::registry::Registry;
+pub use crate::remote::GATEWAY_ROLE;
+
+/// The store event channel the checkpoint publishes presence changes on.
+pub const PRESENCE_CHANNEL: &str = "presence";
+/// How often the replica registration is refreshed, and its TTL.
+pub const REGISTRATION_REFRESH: Duration = Duration::from_secs(3);
+const REGISTRATION_TTL: Duration = Duration::from_secs(10);
+/// How long [`Gateway::run`] waits for connections to close after shutdown.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why [`Gateway::bind`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// The certificate could not be loaded or made.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind the QUIC listener on {addr}: {source}")]
+    Udp {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The system's reason.
+        source: std::io::Error,
+    },
+    /// The Deliver gRPC listener could not be bound.
+    #[error("cannot bind the Deliver gRPC listener on {addr}: {source}")]
+    Grpc {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The system's reason.
+        source: std::io::Error,
+    },
+    /// The checkpoint URL is not usable.
+    #[error(transparent)]
+    Checkpoint(#[from] remote::EndpointError),
+}
+
+/// Why [`Gateway::run`] stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The Deliver gRPC server failed.
+    #[error("the Deliver gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Where a bound gateway listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addresses {
+    /// The QUIC (UDP) listener peers connect to.
+    pub quic: SocketAddr,
+    /// The internal Deliver gRPC listener.
+    pub grpc: SocketAddr,
+    /// The Deliver URL other replicas use.
+    pub advertised_grpc: String,
+}
+
+/// What every task of the gateway shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    pub(crate) registry: Registry,
+    pub(crate) checkpoint: CheckpointClient<remote::Traced>,
+    pub(crate) peers: remote::Peers,
+    pub(crate) heartbeats: mpsc::Sender<heartbeat::Beat>,
+    pub(crate) stop: Shutdown,
+    /// Recently read routes (app, peer hex) → (gateway id, when read).
+    routes: std::sync::Mutex<HashMap<(String, String), (String, Instant)>>,
+}
+
+/// How long a route read from the store is reused; a miss on it triggers a fresh read.
+const ROUTE_CACHE: Duration = Duration::from_secs(1);
+/// Most routes cached before the cache is emptied.
+const ROUTE_CACHE_MAX: usize = 100_000;
+
+impl Shared {
+    /// The gateway holding a peer's session: from the cache unless `fresh`, else from the store.
+    pub(crate) async fn route(
+        &self,
+        app: &str,
+        peer: &str,
+        fresh: bool,
+    ) -> Result<Option<String>, quickp2p_store::StoreError> {
+        let key = (app.to_owned(), peer.to_owned());
+        let lock = || {
+            self.routes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if !fresh
+            && let Some((gw, at)) = lock().get(&key)
+            && at.elapsed() < ROUTE_CACHE
+        {
+            return Ok(Some(gw.clone()));
+        }
+        let route = self.store.get_route(app, peer).await?;
+        let mut routes = lock();
+        if routes.len() >= ROUTE_CACHE_MAX {
+            routes.clear();
+        }
+        match &route {
+            Some(gw) => {
+                routes.insert(key, (gw.clone(), Instant::now()));
+            }
+            None => {
+                routes.remove(&key);
+            }
+        }
+        Ok(route)
+    }
+}
+
+/// A gateway whose listeners are bound, ready to [`run`](Gateway::run).
+#[derive(Debug)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    grpc: tokio::net::TcpListener,
+    addresses: Addresses,
+    fingerprint: [u8; 32],
+    beats: mpsc::Receiver<heartbeat::Beat>,
+    ready: ReadyFlag,
+}
+
+impl Gateway {
+    /// Loads (or makes) the certificate and binds the QUIC and Deliver listeners. Must be called
+    /// inside a tokio runtime.
+    pub fn bind(config: Config, store: Store) -> Result<Gateway, BindError> {
+        let identity = tls::Identity::load(&config.cert)?;
+        let server = identity.server_config(config.idle_timeout)?;
+        let socket =
+            std::net::UdpSocket::bind(config.udp_addr).map_err(|source| BindError::Udp {
+                addr: config.udp_addr,
+                source,
+            })?;
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        // peers demultiplex one socket by first byte (RFC 9443): never grease the QUIC bit
+        endpoint_config.grease_quic_bit(false);
+        let runtime = quinn::default_runtime().ok_or_else(|| BindError::Udp {
+            addr: config.udp_addr,
+            source: std::io::Error::other("no async runtime"),
+        })?;
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
+            .map_err(|source| BindError::Udp {
+                addr: config.udp_addr,
+                source,
+            })?;
+        let quic = endpoint.local_addr().map_err(|source| BindError::Udp {
+            addr: config.udp_addr,
+            source,
+        })?;
+        let std_grpc =
+            std::net::TcpListener::bind(config.grpc_addr).map_err(|source| BindError::Grpc {
+                addr: config.grpc_addr,
+                source,
+            })?;
+        let grpc_err = |source| BindError::Grpc {
+            addr: config.grpc_addr,
+            source,
+        };
+        std_grpc.set_nonblocking(true).map_err(grpc_err)?;
+        let grpc = tokio::net::TcpListener::from_std(std_grpc).map_err(grpc_err)?;
+        let grpc_addr = grpc.local_addr().map_err(grpc_err)?;
+        let advertised_grpc = config
+            .advertised_grpc
+            .clone()
+            .unwrap_or_else(|| format!("http://{grpc_addr}"));
+        let checkpoint = remote::checkpoint(&config.checkpoint_url)?;
+        let (heartbeats, beats) = mpsc::channel(4096);
+        Ok(Gateway {
+            shared: Arc::new(Shared {
+                registry: Registry::default(),
+                peers: remote::Peers::new(store.clone()),
+                checkpoint,
+                heartbeats,
+                stop: Shutdown::new(),
+                routes: std::sync::Mutex::default(),
+                store,
+                config,
+            }),
+            endpoint,
+            grpc,
+            addresses: Addresses {
+                quic,
+                grpc: grpc_addr,
+                advertised_grpc,
+            },
+            fingerprint: identity.fingerprint,
+            beats,
+            ready: Readiness::new().flag("unused"),
+        })
+    }
+
+    /// Registers the listeners' readiness in `readiness` (the process's `/readyz`).
+    #[must_use]
+    pub fn with_readiness(mut self, readiness: &Readiness) -> Gateway {
+        self.ready = readiness.flag(&format!(
+            "gateway {} quic {} grpc {}",
+            self.shared.config.gateway_id, self.addresses.quic, self.addresses.grpc
+        ));
+        self
+    }
+
+    /// The bound addresses.
+    pub fn addresses(&self) -> Addresses {
+        self.addresses.clone()
+    }
+
+    /// SHA-256 of the certificate peers see (what the SDK pins).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    /// [`Gateway::fingerprint`] as 64 lowercase hex digits.
+    pub fn fingerprint_hex(&self) -> String {
+        hex::encode(self.fingerprint)
+    }
+
+    /// This replica's id.
+    pub fn gateway_id(&self) -> &str {
+        &self.shared.config.gateway_id
+    }
+
+    /// Serves until `shutdown` is cancelled: peers are told to go away (their sessions stay, so
+    /// they resume on another gateway), the replica is deregistered.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), RunError> {
+        let shared = self.shared;
+        let span = tracing::info_span!("gateway", id = %shared.config.gateway_id);
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(heartbeat::run(Arc::clone(&shared), self.beats).instrument(span.clone()));
+        tasks.spawn(register(Arc::clone(&shared), self.addresses.clone()).instrument(span.clone()));
+        tasks.spawn(presence_events(Arc::clone(&shared)).instrument(span.clone()));
+        let grpc_stop = shared.stop.clone();
+        let listener = self.grpc;
+        let service = DeliverService {
+            shared: Arc::clone(&shared),
+        };
+        let mut grpc = tokio::spawn(
+            async move {
+                tonic::transport::Server::builder()
+                    .layer(telemetry::GrpcTraceLayer)
+                    .add_service(DeliverServer::new(service))
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
+                        grpc_stop.cancelled_owned(),
+                    )
+                    .await
+            }
+            .instrument(span.clone()),
+        );
+        self.ready.set(true);
+        tracing::info!(parent: &span, quic = %self.addresses.quic, grpc = %self.addresses.grpc, "gateway running");
+        let next_conn = AtomicU64::new(1);
+        let mut connections = tokio::task::JoinSet::new();
+        let mut result = Ok(());
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                finished = &mut grpc => {
+                    if let Ok(Err(e)) = finished {
+                        tracing::error!(parent: &span, error = %e, "Deliver gRPC server failed");
+                        result = Err(RunError::Grpc(e));
+                    }
+                    break;
+                }
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let id = next_conn.fetch_add(1, Ordering::Relaxed);
+                    connections.spawn(
+                        connection::serve(Arc::clone(&shared), incoming, id).instrument(span.clone()),
+                    );
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        self.ready.set(false);
+        shared.stop.cancel();
+        let _ = shared
+            .store
+            .deregister_replica(GATEWAY_ROLE, &shared.config.gateway_id)
+            .await;
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            connections.abort_all();
+        }
+        self.endpoint.close(
+            (v1::ConnectionCloseCode::GoingAway as u32).into(),
+            b"gateway shutting down",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        tasks.abort_all();
+        if !grpc.is_finished() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), &mut grpc).await;
+        }
+        result
+    }
+}
+
+/// Keeps this replica in the registry (other gateways find its Deliver URL there).
+async fn register(shared: Arc<Shared>, addresses: Addresses) {
+    let mut tick = tokio::time::interval(REGISTRATION_REFRESH);
+    loop {
+        tick.tick().await;
+        let mut info = ReplicaInfo {
+            advertised_addr: addresses.advertised_grpc.clone(),
+            load: shared.registry.len() as u64,
+            ..ReplicaInfo::default()
+        };
+        info.metadata
+            .insert("quic".into(), addresses.quic.to_string());
+        if let Err(e) = shared
+            .store
+            .register_replica(
+                GATEWAY_ROLE,
+                &shared.config.gateway_id,
+                &info,
+                REGISTRATION_TTL,
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "replica registration not refreshed");
+        }
+    }
+}
+
+/// Forwards presence changes published by the checkpoint to the watchers attached here.
+async fn presence_events(shared: Arc<Shared>) {
+    let mut events = loop {
+        match shared.store.subscribe_events(PRESENCE_CHANNEL).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to presence events yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    while let Some(payload) = events.recv().await {
+        let Ok(event) = v1::PresenceEvent::decode(payload) else {
+            tracing::warn!("undecodable presence event");
+            continue;
+        };
+        let (Some(app), Some(state)) = (event.app_id, event.state) else {
+            continue;
+        };
+        let Some(key) = state.peer.as_ref().and_then(|p| p.public_key().ok()) else {
+            continue;
+        };
+        let frame = remote::event_frame(v1::PeerEvent {
+            event: Some(v1::peer_event::Event::PresenceChanged(
+                v1::PresenceChanged { state: Some(state) },
+            )),
+        });
+        shared.registry.notify_watchers(&(app.value, key), &frame);
+    }
+}
+
+/// Counts one refused request or frame by kind.
+pub(crate) fn reject(kind: &'static str) {
+    metrics::counter!("qp_gateway_rejections_total", "kind" => kind).increment(1);
+}
+
+/// A message as one frame.
+pub(crate) fn frame_bytes<M: prost::Message>(msg: &M) -> Bytes {
+    // gateway frames are built from bounded parts (payload ≤ max message bytes)
+    quickp2p_proto::frame::frame_to_bytes(msg).unwrap_or_default()
+}
+
+/// A `Kicked` event frame.
+pub(crate) fn kicked_frame(reason: v1::KickReason, message: &str) -> Bytes {
+    remote::event_frame(v1::PeerEvent {
+        event: Some(v1::peer_event::Event::Kicked(v1::Kicked {
+            reason: reason as i32,
+            message: message.to_owned(),
+            reconnect_after_ms: 0,
+        })),
+    })
+}
+
+/// Now in microseconds since the Unix epoch.
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Now in milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+/// `N` random bytes.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom as _;
+    let mut out = [0u8; N];
+    if ring::rand::SystemRandom::new().fill(&mut out).is_err() {
+        panic!("the operating system's random generator failed");
+    }
+    out
+}

@@ -1,0 +1,226 @@
+//! Gateways and a checkpoint in one process over the embedded store, with SDK peers: login,
+//! messages within one gateway and across two, presence, limits. (The same scenarios with real
+//! processes and Redis are in `e2e/tests/sessions.rs`.)
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use quickp2p::identity::Identity;
+use quickp2p::session::{
+    AppCredentials, GatewayTrust, Peer, Presence, Session, SessionConfig, SessionError,
+};
+use quickp2p_checkpoint::{Checkpoint, ensure_dev_application};
+use quickp2p_gateway::{Config, Gateway};
+use quickp2p_service_kit::Shutdown;
+use quickp2p_store::Store;
+
+struct Net {
+    gateways: Vec<std::net::SocketAddr>,
+    pins: Vec<[u8; 32]>,
+    app: quickp2p_checkpoint::DevApplication,
+    stop: Shutdown,
+}
+
+async fn network(gateways: usize) -> Net {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store = Store::embedded();
+    let app = ensure_dev_application(&store, "test-app").await.unwrap();
+    let stop = Shutdown::new();
+    let checkpoint = Checkpoint::bind(quickp2p_checkpoint::Config::loopback(), store.clone())
+        .await
+        .unwrap();
+    let url = format!("http://{}", checkpoint.addresses().grpc);
+    tokio::spawn(checkpoint.run(stop.clone()));
+    let mut addrs = Vec::new();
+    let mut pins = Vec::new();
+    for i in 0..gateways {
+        let mut config = Config::loopback(url.clone());
+        config.udp_addr = "127.0.0.1:0".parse().unwrap();
+        config.gateway_id = format!("gw-{i}");
+        config.limits.requests_per_second = 50;
+        config.limits.max_in_flight = 16;
+        let gateway = Gateway::bind(config, store.clone()).unwrap();
+        addrs.push(gateway.addresses().quic);
+        pins.push(gateway.fingerprint());
+        tokio::spawn(gateway.run(stop.clone()));
+    }
+    // let the replica registrations land
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Net {
+        gateways: addrs,
+        pins,
+        app,
+        stop,
+    }
+}
+
+async fn peer(net: &Net, gateway: usize) -> Session {
+    let mut gateways = net.gateways.clone();
+    gateways.rotate_left(gateway);
+    let config = SessionConfig::new(
+        gateways,
+        AppCredentials::new(net.app.app_id.clone(), net.app.secret.clone()),
+        Identity::generate().unwrap(),
+    )
+    .trust(GatewayTrust::Pinned(net.pins.clone()));
+    Peer::connect(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_and_presence_across_two_gateways() {
+    let net = network(2).await;
+    let x = peer(&net, 0).await;
+    let y = peer(&net, 1).await;
+    assert_eq!(x.gateway(), Some(net.gateways[0]));
+    assert_eq!(y.gateway(), Some(net.gateways[1]));
+    let mut x_in = x.messages().unwrap();
+    let mut y_in = y.messages().unwrap();
+
+    let states = x.subscribe_presence(&[y.peer_id().clone()]).await.unwrap();
+    assert_eq!(states[0].presence, Presence::Online);
+
+    x.send_message(y.peer_id(), "hello y").await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), y_in.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"hello y");
+    assert_eq!(&m.sender, x.peer_id());
+    y.send_message(x.peer_id(), "hello x").await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), x_in.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"hello x");
+
+    // presence: a new peer comes and goes
+    let v_id = Identity::generate().unwrap();
+    let mut events = y.presence_events();
+    let snapshot = y.subscribe_presence(&[v_id.peer_id()]).await.unwrap();
+    assert_eq!(snapshot[0].presence, Presence::Offline);
+    let config = SessionConfig::new(
+        net.gateways.clone(),
+        AppCredentials::new(net.app.app_id.clone(), net.app.secret.clone()),
+        v_id.clone(),
+    )
+    .trust(GatewayTrust::Pinned(net.pins.clone()));
+    let v = Peer::connect(config).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e.peer.clone(), e.presence),
+        (v_id.peer_id(), Presence::Online)
+    );
+    v.close().await;
+    let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((e.peer, e.presence), (v_id.peer_id(), Presence::Offline));
+
+    // errors
+    let err = x
+        .send_message(&v_id.peer_id(), "anyone?")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SessionError::PeerOffline(_)), "{err:?}");
+    let err = x
+        .send_message(y.peer_id(), vec![0u8; 62_000])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SessionError::TooLarge { limit: 61_440, .. }),
+        "{err:?}"
+    );
+    let bad = SessionConfig::new(
+        net.gateways.clone(),
+        AppCredentials::new(net.app.app_id.clone(), "wrong-secret"),
+        Identity::generate().unwrap(),
+    )
+    .trust(GatewayTrust::Pinned(net.pins.clone()));
+    let err = Peer::connect(bad).await.unwrap_err();
+    assert!(matches!(err, SessionError::Unauthenticated(_)), "{err:?}");
+    net.stop.cancel();
+}
+
+/// The one-socket design: QUIC runs over the session's socket, everything else on it is handed to
+/// the application, and the session is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_quic_datagrams_on_the_session_socket_are_diverted() {
+    use quinn::AsyncUdpSocket as _;
+    let net = network(1).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let mut config = SessionConfig::new(
+        net.gateways.clone(),
+        AppCredentials::new(net.app.app_id.clone(), net.app.secret.clone()),
+        Identity::generate().unwrap(),
+    )
+    .trust(GatewayTrust::Pinned(net.pins.clone()))
+    .non_quic(tx);
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let x = Peer::connect(config).await.unwrap();
+    let x_addr = x.socket().local_addr().unwrap();
+    let stray = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // a STUN-looking datagram (first byte 0) and a DTLS one (first byte 22)
+    stray
+        .send_to(&[0x00, 0x01, 0x00, 0x00], x_addr)
+        .await
+        .unwrap();
+    stray.send_to(&[22, 0xfe, 0xfd], x_addr).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.kind, quickp2p::wire::PacketKind::Stun);
+    assert_eq!(first.from, stray.local_addr().unwrap());
+    let second = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.kind, quickp2p::wire::PacketKind::Dtls);
+    // and the SDK sends non-QUIC datagrams from the same socket
+    x.socket()
+        .send_to(b"\x00\x01ping", stray.local_addr().unwrap())
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(2), stray.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (&buf[..n], from.port()),
+        (&b"\x00\x01ping"[..], x_addr.port())
+    );
+    // the session still works
+    let y = peer(&net, 0).await;
+    x.send_message(y.peer_id(), "after the noise")
+        .await
+        .unwrap();
+    net.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_beyond_the_limits_are_refused_with_rate_limited() {
+    let net = network(1).await;
+    let x = peer(&net, 0).await;
+    let y = peer(&net, 0).await;
+    let sends = (0..100).map(|i| {
+        let x = x.clone();
+        let to = y.peer_id().clone();
+        async move { x.send_message(&to, format!("m{i}")).await }
+    });
+    let results = futures::future::join_all(sends).await;
+    let limited = results
+        .iter()
+        .filter(|r| matches!(r, Err(SessionError::RateLimited { .. })))
+        .count();
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    assert!(
+        limited > 0 && accepted > 0,
+        "accepted {accepted}, rate limited {limited}"
+    );
+    net.stop.cancel();
+}
