@@ -1,5 +1,5 @@
 //! The README's main command, `quickp2p-demo`, does what it says: it brings up the network, its
-//! peers get their NAT reports, and it stops cleanly.
+//! peers get their NAT reports, log in and message each other, and it stops cleanly.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,7 +17,7 @@ fn demo_runs_the_network_and_its_peers() {
     let out = cmd
         .args(["--once", "--peers", "2", "--log", "warn"])
         .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
-        .args(["--stun-port-base", "23478"])
+        .args(["--stun-port-base", "23478", "--gateway-addr", "127.0.0.1:0"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -34,5 +34,14 @@ fn demo_runs_the_network_and_its_peers() {
         );
     }
     assert!(stdout.contains("no NAT"), "{stdout}");
+    // Both peers logged in through the gateway and each got the other's message.
+    assert!(
+        stdout.contains("peer 1: got \"hello from peer 2\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("peer 2: got \"hello from peer 1\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("2 of 2 peers done"), "{stdout}");
 }

@@ -1,9 +1,11 @@
 //! `quickp2p-demo`: a whole quickP2P network and its peers in one command.
 //!
 //! It starts the all-in-one supernode (every role that exists, embedded state, loopback), then
-//! runs a few peers against it and narrates what each learns, and keeps the network up until
-//! Ctrl-C so that other programs (the `quickp2p` CLI in another terminal) can use it too. The
-//! peers do everything the network offers today; they do more as the roles land.
+//! runs a few peers against it and narrates what they do — each learns its NAT behaviour from the
+//! STUN pair, logs in through the gateway with the dev application and a fresh Ed25519 key, and
+//! sends an instant message to the next peer — and keeps the network up until Ctrl-C so that
+//! other programs (`quickp2p chat` in two terminals) can use it too. The peers do everything the
+//! network offers today; they do more as the roles land.
 //!
 //! ```text
 //! cargo run --release -p quickp2p-e2e --bin quickp2p-demo
@@ -14,7 +16,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use quickp2p::identity::Identity;
 use quickp2p::nat::{NatReportOptions, nat_report};
+use quickp2p::session::{AppCredentials, GatewayTrust, Peer, Session, SessionConfig};
 use quickp2p_service_kit::{shutdown, telemetry};
 use quickp2p_supernode::{Args as SupernodeArgs, Supernode};
 
@@ -38,6 +42,7 @@ struct DemoArgs {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = DemoArgs::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match args.supernode.resolve() {
         Ok(c) => c,
         Err(e) => {
@@ -66,12 +71,17 @@ async fn demo(config: quickp2p_supernode::Config, peers: u16, once: bool) -> any
     let node = Supernode::bind(config).await?;
     println!("{}\n", node.banner()?);
     let addresses = node.addresses()?;
+    let app = node
+        .dev_application()
+        .context("the dev application could not be created")?
+        .clone();
+    let fingerprint = node.gateway_fingerprint();
     let network = tokio::spawn(node.run(stop.clone()));
 
     println!("peers ({peers}):");
     let mut failures = 0;
     for n in 1..=peers {
-        match run_peer(n, addresses.stun_a.primary).await {
+        match nat_line(n, addresses.stun_a.primary).await {
             Ok(line) => println!("  {line}"),
             Err(e) => {
                 failures += 1;
@@ -79,10 +89,24 @@ async fn demo(config: quickp2p_supernode::Config, peers: u16, once: bool) -> any
             }
         }
     }
+    match messages(peers, addresses.gateway.quic, &app, &fingerprint).await {
+        Ok(lines) => lines.iter().for_each(|l| println!("  {l}")),
+        Err(e) => {
+            failures += 1;
+            println!("  messages: FAILED: {e:#}");
+        }
+    }
     println!(
-        "\n{} of {peers} peers done. Try it yourself: quickp2p nat-report --stun {}",
-        peers - failures,
-        addresses.stun_a.primary
+        "\n{} of {peers} peers done. Try it yourself (cargo run --release -p quickp2p --bin quickp2p -- …):\n\
+         \x20 quickp2p nat-report --stun {stun}\n\
+         \x20 quickp2p keygen --out me.key          (and again: --out you.key)\n\
+         \x20 quickp2p chat --gateway {gw} --app {app_id} --secret {secret} \\\n\
+         \x20     --fingerprint {fingerprint} --key me.key --to PEER_ID",
+        peers - failures.min(peers),
+        stun = addresses.stun_a.primary,
+        gw = addresses.gateway.quic,
+        app_id = app.app_id,
+        secret = app.secret,
     );
     if once {
         stop.cancel();
@@ -94,8 +118,60 @@ async fn demo(config: quickp2p_supernode::Config, peers: u16, once: bool) -> any
     Ok(())
 }
 
+/// Logs every peer in through the gateway, then each sends one message to the next and waits for
+/// the one from the previous.
+async fn messages(
+    peers: u16,
+    gateway: SocketAddr,
+    app: &quickp2p_checkpoint::DevApplication,
+    fingerprint: &str,
+) -> anyhow::Result<Vec<String>> {
+    let trust = GatewayTrust::pinned_hex([fingerprint]).map_err(anyhow::Error::msg)?;
+    let mut sessions: Vec<Session> = Vec::new();
+    let mut lines = Vec::new();
+    for n in 1..=peers {
+        let config = SessionConfig::new(
+            vec![gateway],
+            AppCredentials::new(app.app_id.as_str(), app.secret.as_str()),
+            Identity::generate().context("cannot make a key pair")?,
+        )
+        .trust(trust.clone());
+        let session = Peer::connect(config)
+            .await
+            .with_context(|| format!("peer {n} cannot log in"))?;
+        lines.push(format!("peer {n}: logged in as {}", session.peer_id()));
+        sessions.push(session);
+    }
+    let count = sessions.len();
+    for (i, session) in sessions.iter().enumerate() {
+        let to = sessions[(i + 1) % count].peer_id().clone();
+        let text = format!("hello from peer {}", i + 1);
+        session
+            .send_message(&to, text.clone())
+            .await
+            .with_context(|| format!("peer {} cannot send", i + 1))?;
+    }
+    for (i, session) in sessions.iter().enumerate() {
+        let mut inbox = session.messages().context("the inbox was already taken")?;
+        let message = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+            .await
+            .with_context(|| format!("peer {} got no message within 5 s", i + 1))?
+            .context("the session ended")?;
+        lines.push(format!(
+            "peer {}: got {:?} from {}",
+            i + 1,
+            String::from_utf8_lossy(&message.payload),
+            message.sender
+        ));
+    }
+    for session in sessions {
+        session.close().await;
+    }
+    Ok(lines)
+}
+
 /// One peer: binds its one UDP socket and asks the STUN pair what its NAT does.
-async fn run_peer(n: u16, stun: SocketAddr) -> anyhow::Result<String> {
+async fn nat_line(n: u16, stun: SocketAddr) -> anyhow::Result<String> {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .context("cannot bind a UDP socket")?;

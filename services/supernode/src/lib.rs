@@ -6,6 +6,8 @@
 //! - the STUN pair: stun-a on 127.0.0.1 and stun-b on 127.0.0.2, each with a primary and an
 //!   alternate UDP port and its gRPC control listener (RFC 5780 behaviour discovery works across
 //!   the two addresses exactly as across two public IPs);
+//! - the checkpoint (login, sessions, presence) and one gateway (QUIC for peers), with a `dev`
+//!   application created at start so that peers can log in at once;
 //! - one gRPC listener with the gRPC health service and server reflection of `quickp2p.v1`, where
 //!   the other roles' services join as they land;
 //! - the operations HTTP server (`/healthz`, `/readyz`, `/metrics`) for the whole process.
@@ -34,6 +36,16 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
 pub const DEFAULT_GRPC_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50051);
 
+/// Default UDP address of the gateway's QUIC listener.
+pub const DEFAULT_GATEWAY_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4433);
+
+/// The application the all-in-one creates so that peers can log in at once.
+pub const DEV_APP_ID: &str = "dev";
+
+/// How long start-up waits for the store before going on without it (not ready meanwhile).
+const STORE_START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long open connections may take to finish after shutdown begins before they are closed.
 pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -53,6 +65,10 @@ pub struct Args {
     #[arg(long, env = "QP_GRPC_ADDR", value_name = "IP:PORT")]
     pub grpc_addr: Option<String>,
 
+    /// UDP address of the gateway's QUIC listener (where peers connect).
+    #[arg(long, env = "QP_GATEWAY_UDP_ADDR", value_name = "IP:PORT")]
+    pub gateway_addr: Option<String>,
+
     /// First of the three ports of the STUN pair (primary, alternate = +1, control = +2), used on
     /// both 127.0.0.1 (stun-a) and 127.0.0.2 (stun-b).
     #[arg(long, env = "QP_STUN_PORT_BASE", value_name = "PORT")]
@@ -68,6 +84,8 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// Ports of the loopback STUN pair.
     pub stun_ports: quickp2p_stun::PairPorts,
+    /// The gateway's QUIC listener.
+    pub gateway_addr: SocketAddr,
 }
 
 impl Args {
@@ -95,11 +113,17 @@ impl Args {
             alternate: base.saturating_add(1),
             control: base.saturating_add(2),
         };
+        let gateway_addr = errs.socket_addr(
+            "--gateway-addr / QP_GATEWAY_UDP_ADDR",
+            self.gateway_addr.as_deref(),
+            DEFAULT_GATEWAY_ADDR,
+        );
         errs.finish()?;
         Ok(Config {
             service,
             grpc_addr,
             stun_ports,
+            gateway_addr,
         })
     }
 }
@@ -112,10 +136,14 @@ pub struct Supernode {
     ops: OpsServer,
     grpc: tokio::net::TcpListener,
     stun: [quickp2p_stun::Stun; 2],
+    checkpoint: quickp2p_checkpoint::Checkpoint,
+    gateway: quickp2p_gateway::Gateway,
+    /// `None` while the store cannot be reached: created in the background then.
+    dev_app: Option<quickp2p_checkpoint::DevApplication>,
 }
 
 /// Where a running supernode can be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Addresses {
     /// Operations HTTP server (`/healthz`, `/readyz`, `/metrics`).
     pub ops_http: SocketAddr,
@@ -125,6 +153,10 @@ pub struct Addresses {
     pub stun_a: quickp2p_stun::Addresses,
     /// stun-b (127.0.0.2): primary, alternate and control addresses.
     pub stun_b: quickp2p_stun::Addresses,
+    /// The checkpoint's gRPC listener.
+    pub checkpoint: SocketAddr,
+    /// The gateway: QUIC listener for peers and its internal Deliver gRPC listener.
+    pub gateway: quickp2p_gateway::Addresses,
 }
 
 /// Opens the configured store. Redis is connected lazily and reconnects by itself, so a Redis
@@ -177,6 +209,44 @@ impl Supernode {
         let stun: [quickp2p_stun::Stun; 2] = stun
             .try_into()
             .map_err(|_| anyhow::anyhow!("the STUN pair has two members"))?;
+        let checkpoint = quickp2p_checkpoint::Checkpoint::bind(
+            quickp2p_checkpoint::Config::loopback(),
+            store.clone(),
+        )
+        .await
+        .context("cannot start the checkpoint")?
+        .with_readiness(&readiness);
+        let checkpoint_url = format!("http://{}", checkpoint.addresses().grpc);
+        let mut gateway_config = quickp2p_gateway::Config::loopback(checkpoint_url);
+        gateway_config.udp_addr = config.gateway_addr;
+        let gateway = quickp2p_gateway::Gateway::bind(gateway_config, store.clone())
+            .with_context(|| {
+                format!(
+                    "cannot start the gateway on {} (choose another with --gateway-addr)",
+                    config.gateway_addr
+                )
+            })?
+            .with_readiness(&readiness);
+        // A Redis that is down at start makes the process not-ready, not dead: the application
+        // is then created in the background once the store answers (see `run`).
+        let dev_app = match tokio::time::timeout(
+            STORE_START_WAIT,
+            quickp2p_checkpoint::ensure_dev_application(&store, DEV_APP_ID),
+        )
+        .await
+        {
+            Ok(Ok(app)) => Some(app),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot create the dev application yet; retrying in the background");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "the store did not answer; creating the dev application in the background"
+                );
+                None
+            }
+        };
         Ok(Self {
             config,
             store,
@@ -184,6 +254,9 @@ impl Supernode {
             ops,
             grpc,
             stun,
+            checkpoint,
+            gateway,
+            dev_app,
         })
     }
 
@@ -194,7 +267,20 @@ impl Supernode {
             grpc: self.grpc.local_addr()?,
             stun_a: self.stun[0].addresses(),
             stun_b: self.stun[1].addresses(),
+            checkpoint: self.checkpoint.addresses().grpc,
+            gateway: self.gateway.addresses(),
         })
+    }
+
+    /// The application created for development, with its secret, so that peers can log in;
+    /// `None` when the store could not be reached at start (it is created, and logged, later).
+    pub fn dev_application(&self) -> Option<&quickp2p_checkpoint::DevApplication> {
+        self.dev_app.as_ref()
+    }
+
+    /// The SHA-256 fingerprint of the gateway's certificate (hex), for peers to pin.
+    pub fn gateway_fingerprint(&self) -> String {
+        self.gateway.fingerprint_hex()
     }
 
     /// The shared store every role of this process uses.
@@ -218,8 +304,11 @@ impl Supernode {
              \x20 state       {state}\n\
              \x20 stun-a      {stun_a}   (alternate {stun_a_alt}, control {stun_a_ctl})\n\
              \x20 stun-b      {stun_b}   (alternate {stun_b_alt}, control {stun_b_ctl})\n\
+             \x20 gateway     {gateway}   (QUIC, ALPN quickp2p/1; certificate sha256:{fingerprint})\n\
+             \x20 checkpoint  {checkpoint}   (gRPC)\n\
+             \x20 dev app     {dev_app}\n\
              \x20 grpc        {grpc}   (grpc.health.v1, server reflection of quickp2p.v1)\n\
-             \x20 not yet     gateway, checkpoint, relay, index, admin, handshake (they join as they land)\n\
+             \x20 not yet     relay, index, admin, handshake (they join as they land)\n\
              \x20 ops         http://{ops}   (/healthz /readyz /metrics)\n\
              Ctrl-C or SIGTERM stops it.",
             version = env!("CARGO_PKG_VERSION"),
@@ -232,6 +321,13 @@ impl Supernode {
             stun_b = a.stun_b.primary,
             stun_b_alt = a.stun_b.alternate,
             stun_b_ctl = a.stun_b.control,
+            gateway = a.gateway.quic,
+            fingerprint = self.gateway.fingerprint_hex(),
+            checkpoint = a.checkpoint,
+            dev_app = match &self.dev_app {
+                Some(app) => format!("id {}  secret {}", app.app_id, app.secret),
+                None => "pending: created (and logged) once the store answers".to_owned(),
+            },
         ))
     }
 
@@ -273,6 +369,14 @@ impl Supernode {
             .in_current_span(),
         );
         let ops = tokio::spawn(self.ops.run(shutdown.clone()).in_current_span());
+        if self.dev_app.is_none() {
+            tokio::spawn(
+                create_dev_application_later(self.store.clone(), shutdown.clone())
+                    .in_current_span(),
+            );
+        }
+        let checkpoint = tokio::spawn(self.checkpoint.run(shutdown.clone()).in_current_span());
+        let gateway = tokio::spawn(self.gateway.run(shutdown.clone()).in_current_span());
         let [stun_a, stun_b] = self.stun;
         let stun_a = tokio::spawn(stun_a.run(shutdown.clone()).in_current_span());
         let stun_b = tokio::spawn(stun_b.run(shutdown.clone()).in_current_span());
@@ -283,11 +387,19 @@ impl Supernode {
             let grpc = grpc.await;
             let ops = ops.await;
             let stun = [stun_a.await, stun_b.await];
-            (grpc, ops, stun)
+            let checkpoint = checkpoint.await;
+            let gateway = gateway.await;
+            (grpc, ops, stun, checkpoint, gateway)
         })
         .await;
         match drained {
-            Ok((grpc, ops, stun)) => {
+            Ok((grpc, ops, stun, checkpoint, gateway)) => {
+                checkpoint
+                    .context("checkpoint task failed")?
+                    .context("checkpoint failed")?;
+                gateway
+                    .context("gateway task failed")?
+                    .context("gateway failed")?;
                 grpc.context("gRPC server task failed")?
                     .context("gRPC server failed")?;
                 ops.context("ops server task failed")?
@@ -304,5 +416,22 @@ impl Supernode {
             ),
         }
         Ok(())
+    }
+}
+
+/// Retries creating the dev application every second until the store answers or shutdown.
+async fn create_dev_application_later(store: Store, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        match quickp2p_checkpoint::ensure_dev_application(&store, DEV_APP_ID).await {
+            Ok(app) => {
+                tracing::info!(app_id = %app.app_id, secret = %app.secret, "dev application ready");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "dev application not created yet"),
+        }
     }
 }

@@ -62,7 +62,14 @@ fn start(extra: &[&str]) -> Node {
     let base = free_stun_port_base().to_string();
     let mut child = supernode()
         .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
-        .args(["--log", "warn", "--stun-port-base", &base])
+        .args([
+            "--log",
+            "warn",
+            "--stun-port-base",
+            &base,
+            "--gateway-addr",
+            "127.0.0.1:0",
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -201,7 +208,10 @@ fn embedded_supernode_serves_health_ready_metrics_and_stops_on_sigterm() {
     assert_eq!(report.filtering, FilteringBehaviour::EndpointIndependent);
     let (_, body) = http_get(node.ops, "/readyz");
     assert!(
-        body.contains("ok stun-a udp primary") && body.contains("ok stun-b grpc control"),
+        body.contains("ok stun-a udp primary")
+            && body.contains("ok stun-b grpc control")
+            && body.contains("ok gateway")
+            && body.contains("ok checkpoint"),
         "{body}"
     );
     drop(rt); // closes the client's connection, as a client going away does
