@@ -21,6 +21,7 @@
 
 pub mod identity;
 pub mod nat;
+pub mod relay;
 pub mod session;
 
 pub use quickp2p_wire as wire;

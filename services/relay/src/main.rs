@@ -1,0 +1,82 @@
+//! `quickp2p-relay`: read flags, open the store, bind, print where it listens, run until
+//! SIGTERM/SIGINT.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use quickp2p_relay::{Args, Config, Relay};
+use quickp2p_service_kit::config::{ServiceConfig, StoreTarget};
+use quickp2p_service_kit::{OpsServer, Readiness, shutdown, telemetry};
+use quickp2p_store::{RedisConfig, Store};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let (service, config) = match Args::parse().resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("quickp2p-relay: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let _telemetry = match telemetry::init(&service) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("quickp2p-relay: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match serve(service, config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("quickp2p-relay: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(service: ServiceConfig, config: Config) -> anyhow::Result<()> {
+    let stop = shutdown::on_signal();
+    let store = match &service.store {
+        StoreTarget::Embedded => Store::embedded(),
+        StoreTarget::Redis { url, key_prefix } => {
+            Store::redis(RedisConfig::new(url.clone()).with_key_prefix(key_prefix.clone()))
+                .await
+                .with_context(|| format!("cannot use Redis at {url}"))?
+        }
+    };
+    let readiness = Readiness::new();
+    readiness.watch_store("store", store.clone());
+    let ops = OpsServer::bind(service.http_addr, readiness.clone())
+        .await
+        .with_context(|| format!("cannot bind the ops HTTP server on {}", service.http_addr))?;
+    let ops_addr = ops.local_addr()?;
+    let relay = Relay::bind(config, store).await?.with_readiness(&readiness);
+    let a = relay.addresses();
+    let c = relay.config();
+    println!(
+        "quickp2p-relay {version} (replica {replica})\n\
+         \x20 turn       {turn}   (advertised {advertised}, realm {realm})\n\
+         \x20 relayed    {relay_ip} ports {low}-{high}   (advertised {relay_adv})\n\
+         \x20 control    {control}\n\
+         \x20 ops        http://{ops_addr}   (/healthz /readyz /metrics)",
+        version = env!("CARGO_PKG_VERSION"),
+        replica = c.relay_id,
+        turn = a.turn,
+        advertised = a.advertised,
+        realm = c.realm,
+        relay_ip = c.relay_ip,
+        low = c.port_range.0,
+        high = c.port_range.1,
+        relay_adv = c.relay_advertised_ip,
+        control = a.control,
+    );
+    let ops_task = tokio::spawn(ops.run(stop.clone()));
+    let result = relay.run(stop.clone()).await;
+    stop.cancel();
+    match ops_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "ops server failed"),
+        Err(e) => tracing::warn!(error = %e, "ops server task failed"),
+    }
+    result.context("relay failed")
+}
