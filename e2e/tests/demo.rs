@@ -18,6 +18,7 @@ fn demo_runs_the_network_and_its_peers() {
         .args(["--once", "--peers", "2", "--log", "warn"])
         .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
         .args(["--stun-port-base", "23478", "--gateway-addr", "127.0.0.1:0"])
+        .args(["--relay-addr", "127.0.0.1:0"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -8,6 +8,7 @@
 //!   the two addresses exactly as across two public IPs);
 //! - the checkpoint (login, sessions, presence) and one gateway (QUIC for peers), with a `dev`
 //!   application created at start so that peers can log in at once;
+//! - the relay (TURN, RFC 8656) on 127.0.0.1:3482, allowing loopback peers (development only);
 //! - one gRPC listener with the gRPC health service and server reflection of `quickp2p.v1`, where
 //!   the other roles' services join as they land;
 //! - the operations HTTP server (`/healthz`, `/readyz`, `/metrics`) for the whole process.
@@ -40,6 +41,10 @@ pub const DEFAULT_GRPC_ADDR: SocketAddr =
 pub const DEFAULT_GATEWAY_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4433);
 
+/// Default UDP address of the relay's TURN listener (clear of the STUN pair's 3478–3480).
+pub const DEFAULT_RELAY_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3482);
+
 /// The application the all-in-one creates so that peers can log in at once.
 pub const DEV_APP_ID: &str = "dev";
 
@@ -69,6 +74,10 @@ pub struct Args {
     #[arg(long, env = "QP_GATEWAY_UDP_ADDR", value_name = "IP:PORT")]
     pub gateway_addr: Option<String>,
 
+    /// UDP address of the relay's TURN listener; its gRPC control listens on the next port.
+    #[arg(long, env = "QP_RELAY_LISTEN_ADDR", value_name = "IP:PORT")]
+    pub relay_addr: Option<String>,
+
     /// First of the three ports of the STUN pair (primary, alternate = +1, control = +2), used on
     /// both 127.0.0.1 (stun-a) and 127.0.0.2 (stun-b).
     #[arg(long, env = "QP_STUN_PORT_BASE", value_name = "PORT")]
@@ -86,6 +95,8 @@ pub struct Config {
     pub stun_ports: quickp2p_stun::PairPorts,
     /// The gateway's QUIC listener.
     pub gateway_addr: SocketAddr,
+    /// The relay's TURN listener.
+    pub relay_addr: SocketAddr,
 }
 
 impl Args {
@@ -118,12 +129,18 @@ impl Args {
             self.gateway_addr.as_deref(),
             DEFAULT_GATEWAY_ADDR,
         );
+        let relay_addr = errs.socket_addr(
+            "--relay-addr / QP_RELAY_LISTEN_ADDR",
+            self.relay_addr.as_deref(),
+            DEFAULT_RELAY_ADDR,
+        );
         errs.finish()?;
         Ok(Config {
             service,
             grpc_addr,
             stun_ports,
             gateway_addr,
+            relay_addr,
         })
     }
 }
@@ -138,6 +155,7 @@ pub struct Supernode {
     stun: [quickp2p_stun::Stun; 2],
     checkpoint: quickp2p_checkpoint::Checkpoint,
     gateway: quickp2p_gateway::Gateway,
+    relay: quickp2p_relay::Relay,
     /// `None` while the store cannot be reached: created in the background then.
     dev_app: Option<quickp2p_checkpoint::DevApplication>,
 }
@@ -157,6 +175,8 @@ pub struct Addresses {
     pub checkpoint: SocketAddr,
     /// The gateway: QUIC listener for peers and its internal Deliver gRPC listener.
     pub gateway: quickp2p_gateway::Addresses,
+    /// The relay: TURN listener and gRPC control.
+    pub relay: quickp2p_relay::Addresses,
 }
 
 /// Opens the configured store. Redis is connected lazily and reconnects by itself, so a Redis
@@ -227,6 +247,26 @@ impl Supernode {
                 )
             })?
             .with_readiness(&readiness);
+        // The TURN shared secret lives as long as the process: the handshake service of this
+        // process will mint relay credentials with it.
+        let mut relay_config = quickp2p_relay::Config::loopback_dev(random_secret());
+        relay_config.listen = config.relay_addr;
+        relay_config.control_addr = SocketAddr::new(
+            config.relay_addr.ip(),
+            match config.relay_addr.port() {
+                0 => 0,
+                p => p.saturating_add(1),
+            },
+        );
+        let relay = quickp2p_relay::Relay::bind(relay_config, store.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot start the relay on {} (choose another with --relay-addr)",
+                    config.relay_addr
+                )
+            })?
+            .with_readiness(&readiness);
         // A Redis that is down at start makes the process not-ready, not dead: the application
         // is then created in the background once the store answers (see `run`).
         let dev_app = match tokio::time::timeout(
@@ -256,6 +296,7 @@ impl Supernode {
             stun,
             checkpoint,
             gateway,
+            relay,
             dev_app,
         })
     }
@@ -269,6 +310,7 @@ impl Supernode {
             stun_b: self.stun[1].addresses(),
             checkpoint: self.checkpoint.addresses().grpc,
             gateway: self.gateway.addresses(),
+            relay: self.relay.addresses(),
         })
     }
 
@@ -308,7 +350,8 @@ impl Supernode {
              \x20 checkpoint  {checkpoint}   (gRPC)\n\
              \x20 dev app     {dev_app}\n\
              \x20 grpc        {grpc}   (grpc.health.v1, server reflection of quickp2p.v1)\n\
-             \x20 not yet     relay, index, admin, handshake (they join as they land)\n\
+             \x20 relay       {relay}   (TURN over UDP, control {relay_ctl}; loopback peers allowed)\n\
+             \x20 not yet     index, admin, handshake (they join as they land)\n\
              \x20 ops         http://{ops}   (/healthz /readyz /metrics)\n\
              Ctrl-C or SIGTERM stops it.",
             version = env!("CARGO_PKG_VERSION"),
@@ -322,6 +365,8 @@ impl Supernode {
             stun_b_alt = a.stun_b.alternate,
             stun_b_ctl = a.stun_b.control,
             gateway = a.gateway.quic,
+            relay = a.relay.turn,
+            relay_ctl = a.relay.control,
             fingerprint = self.gateway.fingerprint_hex(),
             checkpoint = a.checkpoint,
             dev_app = match &self.dev_app {
@@ -376,6 +421,7 @@ impl Supernode {
             );
         }
         let checkpoint = tokio::spawn(self.checkpoint.run(shutdown.clone()).in_current_span());
+        let relay = tokio::spawn(self.relay.run(shutdown.clone()).in_current_span());
         let gateway = tokio::spawn(self.gateway.run(shutdown.clone()).in_current_span());
         let [stun_a, stun_b] = self.stun;
         let stun_a = tokio::spawn(stun_a.run(shutdown.clone()).in_current_span());
@@ -389,11 +435,15 @@ impl Supernode {
             let stun = [stun_a.await, stun_b.await];
             let checkpoint = checkpoint.await;
             let gateway = gateway.await;
-            (grpc, ops, stun, checkpoint, gateway)
+            let relay = relay.await;
+            (grpc, ops, stun, checkpoint, gateway, relay)
         })
         .await;
         match drained {
-            Ok((grpc, ops, stun, checkpoint, gateway)) => {
+            Ok((grpc, ops, stun, checkpoint, gateway, relay)) => {
+                relay
+                    .context("relay task failed")?
+                    .context("relay failed")?;
                 checkpoint
                     .context("checkpoint task failed")?
                     .context("checkpoint failed")?;
@@ -434,4 +484,10 @@ async fn create_dev_application_later(store: Store, shutdown: Shutdown) {
             Err(e) => tracing::debug!(error = %e, "dev application not created yet"),
         }
     }
+}
+
+/// 32 random bytes, hex: the relay's TURN shared secret for this process's lifetime.
+fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

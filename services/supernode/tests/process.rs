@@ -70,6 +70,7 @@ fn start(extra: &[&str]) -> Node {
             "--gateway-addr",
             "127.0.0.1:0",
         ])
+        .args(["--relay-addr", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -211,7 +212,8 @@ fn embedded_supernode_serves_health_ready_metrics_and_stops_on_sigterm() {
         body.contains("ok stun-a udp primary")
             && body.contains("ok stun-b grpc control")
             && body.contains("ok gateway")
-            && body.contains("ok checkpoint"),
+            && body.contains("ok checkpoint")
+            && body.contains("ok relay udp turn"),
         "{body}"
     );
     drop(rt); // closes the client's connection, as a client going away does
