@@ -34,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use quickp2p::relay::{TurnClient, TurnClientConfig, TurnEvent};
+use quickp2p_e2e::bench::{self, median, split_args};
 
 const SECRET: &str = "bench-relay-shared-secret";
 
@@ -91,35 +92,15 @@ impl Drop for Process {
 }
 
 impl Process {
-    /// CPU time used so far (user + system), in seconds, from /proc/PID/stat (100 ticks/s).
+    /// CPU time used so far (user + system), in seconds.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // fields after the parenthesised command name; utime and stime are fields 14 and 15
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / 100.0
+        bench::cpu_seconds(self.child.id(), bench::clock_ticks())
     }
 
     /// VmRSS in KiB.
     fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        bench::status_kib(self.child.id(), "VmRSS:")
     }
-}
-
-fn split_args(extra: &str) -> Vec<String> {
-    extra.split_whitespace().map(str::to_owned).collect()
 }
 
 fn free_udp_port() -> anyhow::Result<u16> {
@@ -493,15 +474,6 @@ fn round(
             0.0
         },
     })
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 /// RSS growth per allocation (KiB): makes `n` allocations with a channel each.

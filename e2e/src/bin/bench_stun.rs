@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use quickp2p_e2e::bench::{self, clock_ticks, cpu_seconds, median, split_args};
 
 /// Binding responses per second: quickp2p-stun vs coturn (STUN-only), alternating rounds.
 #[derive(Debug, Parser)]
@@ -77,42 +78,12 @@ impl Drop for Server {
 impl Server {
     /// (VmRSS, VmHWM) in KiB.
     fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        let pid = self.child.id();
+        (
+            bench::status_kib(pid, "VmRSS:"),
+            bench::status_kib(pid, "VmHWM:"),
+        )
     }
-}
-
-/// CPU time the process has used so far (user + system, all threads), in seconds.
-fn cpu_seconds(pid: u32, ticks_per_second: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // fields after the parenthesised command name: state is field 3, utime 14, stime 15
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / ticks_per_second
-}
-
-/// The kernel's clock ticks per second (USER_HZ), from `getconf CLK_TCK`; 100 when unknown.
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// One round's figures.
@@ -187,10 +158,6 @@ fn wait_answering(server: &mut Server) -> anyhow::Result<usize> {
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("{} does not answer on {}", server.name, server.addr)
-}
-
-fn split_args(extra: &str) -> Vec<String> {
-    extra.split_whitespace().map(str::to_owned).collect()
 }
 
 fn start_ours(args: &Args) -> anyhow::Result<Server> {
@@ -329,15 +296,6 @@ fn round(server: &Server, args: &Args, ticks: f64) -> anyhow::Result<RoundResult
         rate: received.load(Ordering::Relaxed) as f64 / seconds,
         cores: cpu / seconds,
     })
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 fn main() -> anyhow::Result<()> {
