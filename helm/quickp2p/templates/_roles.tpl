@@ -150,10 +150,14 @@ env:
   - {name: QP_RELAY_SHARED_SECRET_FILE, value: /etc/quickp2p/secrets/turn-shared-secret}
   {{- if $v.advertisedIP }}
   - {name: QP_RELAY_ADVERTISED_ADDR, value: "{{ $v.advertisedIP }}:{{ $v.ports.turn }}"}
+  {{- else if eq .Values.discovery.mode "kubernetes" }}
+  # the advertised TURN address and XOR-RELAYED-ADDRESS IP come from the relay's Service
+  # (QP_DISCOVERY=kubernetes): the node's external address with hostNetwork, else the load
+  # balancer's ingress or the node port
   {{- else if $v.hostNetwork }}
   - {name: QP_RELAY_ADVERTISED_ADDR, value: "$(QP_HOST_IP):{{ $v.ports.turn }}"}
   {{- else }}
-  {{- fail "relay.advertisedIP is required without relay.hostNetwork (the load balancer's public IP)" }}
+  {{- fail "relay.advertisedIP is required without relay.hostNetwork and with discovery.mode static (the load balancer's public IP)" }}
   {{- end }}
 mounts: [secrets]
 {{- end }}

@@ -6,6 +6,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use quickp2p_service_kit::config::{FieldErrors, ServiceArgs, ServiceConfig, ServiceDefaults};
+use quickp2p_service_kit::discovery::{
+    DiscoveryArgs, DiscoveryConfig, DiscoveryMode, ExternalAddress,
+};
+
+/// Name of the QUIC port in the gateway's Kubernetes Service (discovery reads its external port).
+pub const SERVICE_PORT_QUIC: &str = "quic";
 
 /// Default UDP address of the QUIC listener.
 pub const DEFAULT_UDP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4433);
@@ -69,6 +75,9 @@ pub struct Config {
     /// How other replicas reach the Deliver listener (`http://host:port`); default: from
     /// `grpc_addr` once bound.
     pub advertised_grpc: Option<String>,
+    /// Where peers reach the QUIC listener from outside (a load balancer's or node's address);
+    /// printed at start and put in the replica registry. `None`: the bound address.
+    pub advertised_quic: Option<SocketAddr>,
     /// The checkpoint's gRPC URL.
     pub checkpoint_url: String,
     /// The TLS certificate.
@@ -90,6 +99,7 @@ impl Default for Config {
             udp_addr: DEFAULT_UDP_ADDR,
             grpc_addr: DEFAULT_GRPC_ADDR,
             advertised_grpc: None,
+            advertised_quic: None,
             checkpoint_url: DEFAULT_CHECKPOINT_URL.to_owned(),
             cert: CertSource::SelfSigned,
             limits: Limits::default(),
@@ -109,6 +119,27 @@ impl Config {
             checkpoint_url: checkpoint_url.into(),
             ..Config::default()
         }
+    }
+
+    /// Takes the address Kubernetes discovery found for the gateway's Service: unless
+    /// `--advertised-quic` was given, the advertised QUIC address becomes the discovered IP with
+    /// the external port of the Service port named [`SERVICE_PORT_QUIC`] (the bound port when the
+    /// Service has no such port). Nothing is changed on error.
+    pub fn apply_discovered(&mut self, found: &ExternalAddress) -> Result<(), String> {
+        if self.advertised_quic.is_some() {
+            return Ok(());
+        }
+        if found.ip.is_unspecified() || found.ip.is_multicast() {
+            return Err(format!(
+                "the gateway's Service address {} cannot be reached by peers",
+                found.ip
+            ));
+        }
+        let port = found
+            .port(SERVICE_PORT_QUIC)
+            .unwrap_or(self.udp_addr.port());
+        self.advertised_quic = Some(SocketAddr::new(found.ip, port));
+        Ok(())
     }
 }
 
@@ -130,6 +161,10 @@ pub struct Args {
     /// URL other replicas use to reach the Deliver listener. [default: http://GRPC-ADDR]
     #[arg(long, env = "QP_GATEWAY_ADVERTISED_GRPC", value_name = "URL")]
     pub advertised_grpc: Option<String>,
+    /// Where peers reach the QUIC listener from outside (printed, and put in the replica
+    /// registry). [default: the listen address; with --discovery kubernetes, the Service's]
+    #[arg(long, env = "QP_GATEWAY_ADVERTISED_QUIC", value_name = "IP:PORT")]
+    pub advertised_quic: Option<String>,
     /// The checkpoint's gRPC URL. [default: http://127.0.0.1:50052]
     #[arg(long, env = "QP_GATEWAY_CHECKPOINT_URL", value_name = "URL")]
     pub checkpoint_url: Option<String>,
@@ -161,6 +196,11 @@ pub struct Args {
     #[command(flatten)]
     /// Flags every quickP2P process takes.
     pub service: ServiceArgs,
+
+    #[command(flatten)]
+    /// Where the advertised QUIC address comes from (`--discovery kubernetes` in a cluster; see
+    /// [`Config::apply_discovered`]).
+    pub discovery: DiscoveryArgs,
 }
 
 /// Defaults of a lone gateway process.
@@ -173,7 +213,26 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
 impl Args {
     /// Validates every flag; all problems are reported together.
     pub fn resolve(&self) -> Result<(ServiceConfig, Config), quickp2p_service_kit::ConfigError> {
+        self.resolve_with_discovery()
+            .map(|(service, config, _)| (service, config))
+    }
+
+    /// [`resolve`](Self::resolve), plus the discovery settings. With `--discovery kubernetes`
+    /// and no `--advertised-quic`, the binary asks the gateway's Service where peers reach it and
+    /// records it with [`Config::apply_discovered`] before binding.
+    pub fn resolve_with_discovery(
+        &self,
+    ) -> Result<(ServiceConfig, Config, DiscoveryConfig), quickp2p_service_kit::ConfigError> {
         let mut errs = FieldErrors::new();
+        let discovery = self.discovery.resolve(&mut errs);
+        // (with no node name either, the kit has already asked for the Service)
+        if discovery.mode == DiscoveryMode::Kubernetes && discovery.node_name.is_some() {
+            errs.check(
+                "--discovery-service / QP_DISCOVERY_SERVICE",
+                discovery.service.is_some(),
+                "is required for the gateway: its Service says where peers reach it",
+            );
+        }
         let service = self.service.resolve(&DEFAULTS, &mut errs);
         let d = Config::default();
         let udp_addr = errs.socket_addr(
@@ -186,6 +245,16 @@ impl Args {
             self.grpc_addr.as_deref(),
             d.grpc_addr,
         );
+        let advertised_quic = self.advertised_quic.as_deref().map(|raw| {
+            let name = "--advertised-quic / QP_GATEWAY_ADVERTISED_QUIC";
+            let addr = errs.socket_addr(name, Some(raw), udp_addr);
+            errs.check(
+                name,
+                !addr.ip().is_unspecified() && !addr.ip().is_multicast() && addr.port() != 0,
+                format!("{addr} cannot be reached by peers"),
+            );
+            addr
+        });
         let url_ok = |u: &str| {
             (u.starts_with("http://") || u.starts_with("https://"))
                 && u.parse::<tonic::transport::Uri>().is_ok()
@@ -280,6 +349,7 @@ impl Args {
                 udp_addr,
                 grpc_addr,
                 advertised_grpc: self.advertised_grpc.clone(),
+                advertised_quic,
                 checkpoint_url,
                 cert,
                 limits,
@@ -287,6 +357,110 @@ impl Args {
                 idle_timeout,
                 login_timeout: d.login_timeout,
             },
+            discovery,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quickp2p_service_kit::config::parse_flags_only;
+    use quickp2p_service_kit::discovery::AddressSource;
+
+    fn resolve(
+        args: &[&str],
+    ) -> Result<(ServiceConfig, Config, DiscoveryConfig), quickp2p_service_kit::ConfigError> {
+        let mut all = vec![
+            "quickp2p-gateway",
+            "--replica-id",
+            "gw-a",
+            "--redis",
+            "redis://127.0.0.1:6379",
+            "--udp-addr",
+            "0.0.0.0:4433",
+        ];
+        all.extend_from_slice(args);
+        parse_flags_only::<Args, _, _>(all)
+            .unwrap()
+            .resolve_with_discovery()
+    }
+
+    fn discovered(ip: &str, ports: &[(&str, u16)]) -> ExternalAddress {
+        ExternalAddress {
+            ip: ip.parse().unwrap(),
+            ports: ports.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect(),
+            source: AddressSource::LoadBalancer,
+            backend: None,
+        }
+    }
+
+    const KUBE: [&str; 6] = [
+        "--discovery",
+        "kubernetes",
+        "--discovery-service",
+        "qp-gateway",
+        "--node-name",
+        "node-1",
+    ];
+
+    #[test]
+    fn kubernetes_discovery_sets_the_advertised_quic_address() {
+        let (_, mut config, discovery) = resolve(&KUBE).unwrap();
+        assert_eq!(discovery.mode, DiscoveryMode::Kubernetes);
+        assert_eq!(discovery.service.as_deref(), Some("qp-gateway"));
+        assert_eq!(config.advertised_quic, None);
+        config
+            .apply_discovered(&discovered(
+                "203.0.113.8",
+                &[("quic", 443), ("deliver", 4434)],
+            ))
+            .unwrap();
+        assert_eq!(
+            config.advertised_quic,
+            Some("203.0.113.8:443".parse().unwrap())
+        );
+
+        // no port named quic: the bound port
+        let (_, mut config, _) = resolve(&KUBE).unwrap();
+        config
+            .apply_discovered(&discovered("203.0.113.8", &[("udp", 443)]))
+            .unwrap();
+        assert_eq!(
+            config.advertised_quic,
+            Some("203.0.113.8:4433".parse().unwrap())
+        );
+
+        // an unreachable answer is refused and changes nothing
+        let (_, mut config, _) = resolve(&KUBE).unwrap();
+        assert!(
+            config
+                .apply_discovered(&discovered("0.0.0.0", &[]))
+                .is_err()
+        );
+        assert_eq!(config.advertised_quic, None);
+    }
+
+    #[test]
+    fn an_explicit_advertised_quic_address_wins() {
+        let (_, mut config, _) =
+            resolve(&[&KUBE[..], &["--advertised-quic", "198.51.100.4:4433"]].concat()).unwrap();
+        config
+            .apply_discovered(&discovered("203.0.113.8", &[("quic", 443)]))
+            .unwrap();
+        assert_eq!(
+            config.advertised_quic,
+            Some("198.51.100.4:4433".parse().unwrap())
+        );
+        let err = resolve(&["--advertised-quic", "0.0.0.0:4433"]).unwrap_err();
+        assert!(
+            err.errors
+                .iter()
+                .any(|e| e.name == "--advertised-quic / QP_GATEWAY_ADVERTISED_QUIC"),
+            "{err}"
+        );
+        let (_, config, discovery) = resolve(&[]).unwrap();
+        assert_eq!(discovery.mode, DiscoveryMode::Static);
+        assert_eq!(config.advertised_quic, None);
     }
 }

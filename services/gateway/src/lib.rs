@@ -111,6 +111,9 @@ pub struct Addresses {
     pub grpc: SocketAddr,
     /// The Deliver URL other replicas use.
     pub advertised_grpc: String,
+    /// Where peers reach the QUIC listener from outside ([`Config::advertised_quic`], else the
+    /// bound address).
+    pub advertised_quic: SocketAddr,
 }
 
 /// What every task of the gateway shares.
@@ -226,6 +229,7 @@ impl Gateway {
             .unwrap_or_else(|| format!("http://{grpc_addr}"));
         let checkpoint = remote::checkpoint(&config.checkpoint_url)?;
         let (heartbeats, beats) = mpsc::channel(4096);
+        let advertised_quic = config.advertised_quic.unwrap_or(quic);
         Ok(Gateway {
             shared: Arc::new(Shared {
                 registry: Registry::default(),
@@ -243,6 +247,7 @@ impl Gateway {
                 quic,
                 grpc: grpc_addr,
                 advertised_grpc,
+                advertised_quic,
             },
             fingerprint: identity.fingerprint,
             beats,
@@ -371,6 +376,10 @@ async fn register(shared: Arc<Shared>, addresses: Addresses) {
         };
         info.metadata
             .insert("quic".into(), addresses.quic.to_string());
+        info.metadata.insert(
+            "advertised_quic".into(),
+            addresses.advertised_quic.to_string(),
+        );
         if let Err(e) = shared
             .store
             .register_replica(

@@ -1,16 +1,18 @@
-//! `quickp2p-gateway`: read flags, bind, print where it listens (and the certificate
+//! `quickp2p-gateway`: read flags (and, with `--discovery kubernetes`, where peers reach the
+//! gateway's Service), bind, print where it listens (and the certificate
 //! fingerprint peers pin), run until SIGTERM/SIGINT.
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use quickp2p_gateway::{Args, Config, Gateway};
 use quickp2p_service_kit::config::{ServiceConfig, StoreTarget};
+use quickp2p_service_kit::discovery::{DiscoveryConfig, DiscoveryMode, KubeDiscovery};
 use quickp2p_service_kit::{OpsServer, Readiness, shutdown, telemetry};
 use quickp2p_store::{RedisConfig, Store};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let (service, config) = match Args::parse().resolve() {
+    let (service, mut config, discovery) = match Args::parse().resolve_with_discovery() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("quickp2p-gateway: {e}");
@@ -25,6 +27,14 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if discovery.mode == DiscoveryMode::Kubernetes
+        && config.advertised_quic.is_none()
+        && let Err(e) = discover(&mut config, &discovery).await
+    {
+        tracing::error!("{e:#}");
+        eprintln!("quickp2p-gateway: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     match serve(service, config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -33,6 +43,28 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Completes `config` from the Kubernetes API: the gateway's Service address (waiting up to
+/// `--discovery-wait-s` for a load balancer) becomes the advertised QUIC address.
+async fn discover(config: &mut Config, discovery: &DiscoveryConfig) -> anyhow::Result<()> {
+    let kube = KubeDiscovery::in_cluster(discovery)?;
+    let service = discovery
+        .service
+        .as_deref()
+        .context("--discovery-service / QP_DISCOVERY_SERVICE is required")?;
+    let found = kube
+        .wait_service_address(service, discovery.node_name.as_deref(), discovery.wait)
+        .await
+        .with_context(|| format!("cannot find the gateway's address (service {service})"))?;
+    config
+        .apply_discovered(&found)
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        advertised_quic = ?config.advertised_quic, source = ?found.source,
+        "address discovered from service {service} in namespace {}", kube.namespace()
+    );
+    Ok(())
 }
 
 async fn serve(service: ServiceConfig, config: Config) -> anyhow::Result<()> {
@@ -56,7 +88,7 @@ async fn serve(service: ServiceConfig, config: Config) -> anyhow::Result<()> {
     let a = gateway.addresses();
     println!(
         "quickp2p-gateway {version} (replica {id})\n\
-         \x20 quic        {quic}   (ALPN quickp2p/1)\n\
+         \x20 quic        {quic}   (advertised {adv_quic}, ALPN quickp2p/1)\n\
          \x20 fingerprint sha256:{fp}\n\
          \x20 deliver     {grpc}   (advertised {adv})\n\
          \x20 checkpoint  {checkpoint_url}\n\
@@ -64,6 +96,7 @@ async fn serve(service: ServiceConfig, config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         id = gateway.gateway_id(),
         quic = a.quic,
+        adv_quic = a.advertised_quic,
         fp = gateway.fingerprint_hex(),
         grpc = a.grpc,
         adv = a.advertised_grpc,

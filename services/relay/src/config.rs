@@ -10,6 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use quickp2p_service_kit::config::{FieldErrors, ServiceArgs, ServiceConfig, ServiceDefaults};
+use quickp2p_service_kit::discovery::{
+    DiscoveryArgs, DiscoveryConfig, DiscoveryMode, ExternalAddress,
+};
 
 use crate::credentials::SharedSecret;
 use crate::peer_policy::{IpRange, PeerPolicy, RelaySelf, parse_ranges};
@@ -21,6 +24,8 @@ pub const DEFAULT_TURN_PORT: u16 = 3482;
 pub const DEFAULT_CONTROL_PORT: u16 = 3483;
 /// Default TCP port of the operations HTTP server of a lone `quickp2p-relay` process.
 pub const DEFAULT_HTTP_PORT: u16 = 9482;
+/// Name of the TURN port in the relay's Kubernetes Service (discovery reads its external port).
+pub const SERVICE_PORT_TURN: &str = "turn";
 /// Default relay port range (RFC 8656 §7.2 recommends the dynamic range 49152–65535).
 pub const DEFAULT_PORT_RANGE: (u16, u16) = (49152, 65535);
 /// Default TURN realm.
@@ -177,6 +182,49 @@ impl Config {
             _ => self.default_lifetime,
         }
     }
+
+    /// Takes the address Kubernetes discovery found for the relay's Service. What
+    /// [`Args::resolve_with_discovery`] left unspecified (the flags not given explicitly) is
+    /// filled in: the advertised TURN address becomes the discovered IP with the external port of
+    /// the Service port named [`SERVICE_PORT_TURN`] (the configured port when the Service has no
+    /// such port), and the XOR-RELAYED-ADDRESS IP the discovered IP. An explicit
+    /// `--advertised-addr` or `--relay-advertised-ip` is kept. Nothing is changed on error.
+    pub fn apply_discovered(&mut self, found: &ExternalAddress) -> Result<(), String> {
+        if found.ip.is_unspecified() || found.ip.is_multicast() {
+            return Err(format!(
+                "the relay's Service address {} cannot be reached by clients",
+                found.ip
+            ));
+        }
+        let advertised = if self.advertised.ip().is_unspecified() {
+            let port = found
+                .port(SERVICE_PORT_TURN)
+                .unwrap_or(self.advertised.port());
+            SocketAddr::new(found.ip, port)
+        } else {
+            self.advertised
+        };
+        let relay_advertised_ip = if self.relay_advertised_ip.is_unspecified() {
+            if found.ip.is_ipv4() != self.relay_ip.is_ipv4() {
+                return Err(format!(
+                    "the relay's Service address {} is not of the address family of the relay IP {}",
+                    found.ip, self.relay_ip
+                ));
+            }
+            found.ip
+        } else {
+            self.relay_advertised_ip
+        };
+        self.advertised = advertised;
+        self.relay_advertised_ip = relay_advertised_ip;
+        Ok(())
+    }
+
+    /// Whether [`apply_discovered`](Self::apply_discovered) has something to fill in: the
+    /// advertised address or the XOR-RELAYED-ADDRESS IP is still unspecified.
+    pub fn needs_discovery(&self) -> bool {
+        self.advertised.ip().is_unspecified() || self.relay_advertised_ip.is_unspecified()
+    }
 }
 
 /// Command-line flags of `quickp2p-relay`; each is also read from its `QP_RELAY_*` variable.
@@ -285,6 +333,11 @@ pub struct Args {
     /// Accept RFC 5766 channel numbers 0x5000-0x7FFF too (coturn's clients use them) [default: true].
     #[arg(long, env = "QP_RELAY_LEGACY_CHANNEL_NUMBERS", value_name = "BOOL")]
     pub legacy_channel_numbers: Option<String>,
+
+    #[command(flatten)]
+    /// Where the advertised addresses come from (`--discovery kubernetes` in a cluster; see
+    /// [`Config::apply_discovered`]).
+    pub discovery: DiscoveryArgs,
 }
 
 fn name(flag: &str, var: &str) -> String {
@@ -294,7 +347,28 @@ fn name(flag: &str, var: &str) -> String {
 impl Args {
     /// Validates every flag; all problems are reported together.
     pub fn resolve(&self) -> Result<(ServiceConfig, Config), quickp2p_service_kit::ConfigError> {
+        self.resolve_with_discovery()
+            .map(|(service, config, _)| (service, config))
+    }
+
+    /// [`resolve`](Self::resolve), plus the discovery settings. With `--discovery kubernetes`
+    /// the advertised TURN address and the XOR-RELAYED-ADDRESS IP may be left to discovery (they
+    /// are then unspecified in the returned configuration): the binary completes the
+    /// configuration with [`Config::apply_discovered`] before binding.
+    pub fn resolve_with_discovery(
+        &self,
+    ) -> Result<(ServiceConfig, Config, DiscoveryConfig), quickp2p_service_kit::ConfigError> {
         let mut errs = FieldErrors::new();
+        let discovery = self.discovery.resolve(&mut errs);
+        let discovered = discovery.mode == DiscoveryMode::Kubernetes;
+        // (with no node name either, the kit has already asked for the Service)
+        if discovered && discovery.node_name.is_some() {
+            errs.check(
+                "--discovery-service / QP_DISCOVERY_SERVICE",
+                discovery.service.is_some(),
+                "is required for the relay: its Service says where clients reach it",
+            );
+        }
         let listen_name = name("listen-addr", "QP_RELAY_LISTEN_ADDR");
         let listen = errs.socket_addr(
             &listen_name,
@@ -302,10 +376,18 @@ impl Args {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_TURN_PORT),
         );
         let adv_name = name("advertised-addr", "QP_RELAY_ADVERTISED_ADDR");
-        let advertised = errs.socket_addr(&adv_name, self.advertised_addr.as_deref(), listen);
+        // Left to discovery: unspecified until `Config::apply_discovered`.
+        let adv_discovered = discovered && self.advertised_addr.is_none();
+        let adv_default = if adv_discovered {
+            SocketAddr::new(unspecified_like(listen.ip()), listen.port())
+        } else {
+            listen
+        };
+        let advertised = errs.socket_addr(&adv_name, self.advertised_addr.as_deref(), adv_default);
         errs.check(
             &adv_name,
-            !advertised.ip().is_unspecified() && !advertised.ip().is_multicast(),
+            adv_discovered
+                || (!advertised.ip().is_unspecified() && !advertised.ip().is_multicast()),
             format!("{advertised} cannot be reached by clients: give the address clients use (required when --listen-addr is a wildcard)"),
         );
         let relay_ip: IpAddr = errs.parse(
@@ -313,8 +395,11 @@ impl Args {
             self.relay_ip.as_deref(),
             listen.ip(),
         );
+        let relay_adv_discovered = discovered && self.relay_advertised_ip.is_none();
         let default_relay_adv = if relay_ip.is_unspecified() {
             advertised.ip()
+        } else if relay_adv_discovered {
+            unspecified_like(relay_ip)
         } else {
             relay_ip
         };
@@ -326,7 +411,8 @@ impl Args {
         );
         errs.check(
             &relay_adv_name,
-            !relay_advertised_ip.is_unspecified() && !relay_advertised_ip.is_multicast(),
+            (relay_adv_discovered && relay_advertised_ip.is_unspecified())
+                || (!relay_advertised_ip.is_unspecified() && !relay_advertised_ip.is_multicast()),
             format!("{relay_advertised_ip} cannot be reached by peers"),
         );
         errs.check(
@@ -687,7 +773,15 @@ impl Args {
             software,
             legacy_channel_numbers,
         };
-        Ok((service, config))
+        Ok((service, config, discovery))
+    }
+}
+
+/// The unspecified address of `ip`'s family (the placeholder of an address left to discovery).
+fn unspecified_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     }
 }
 
@@ -805,6 +899,133 @@ mod tests {
         ] {
             assert!(names.contains(&expected), "{expected} missing from {err}");
         }
+    }
+
+    fn discovered(ip: &str, ports: &[(&str, u16)]) -> ExternalAddress {
+        ExternalAddress {
+            ip: ip.parse().unwrap(),
+            ports: ports.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect(),
+            source: quickp2p_service_kit::discovery::AddressSource::HostNetwork {
+                node: "node-1".to_owned(),
+            },
+            backend: None,
+        }
+    }
+
+    fn resolve_discovered(
+        args: &[&str],
+    ) -> Result<(ServiceConfig, Config, DiscoveryConfig), quickp2p_service_kit::ConfigError> {
+        let mut all = vec![
+            "quickp2p-relay",
+            "--replica-id",
+            "r1",
+            "--discovery",
+            "kubernetes",
+            "--discovery-service",
+            "qp-relay",
+            "--node-name",
+            "node-1",
+            "--listen-addr",
+            "0.0.0.0:3482",
+        ];
+        all.extend_from_slice(&BASE);
+        all.extend_from_slice(args);
+        parse_flags_only::<Args, _, _>(all)
+            .unwrap()
+            .resolve_with_discovery()
+    }
+
+    #[test]
+    fn kubernetes_discovery_accepts_a_wildcard_listen_address() {
+        let (_, config, discovery) = resolve_discovered(&[]).unwrap();
+        assert_eq!(discovery.mode, DiscoveryMode::Kubernetes);
+        assert_eq!(discovery.service.as_deref(), Some("qp-relay"));
+        assert!(config.needs_discovery());
+        assert!(config.advertised.ip().is_unspecified());
+        assert!(config.relay_advertised_ip.is_unspecified());
+        // without discovery the same flags are refused
+        let err = resolve(&["--listen-addr", "0.0.0.0:3482"]).unwrap_err();
+        assert!(
+            err.errors
+                .iter()
+                .any(|e| e.name == "--advertised-addr / QP_RELAY_ADVERTISED_ADDR"),
+            "{err}"
+        );
+        // a multicast address given explicitly is still refused
+        let err = resolve_discovered(&["--advertised-addr", "224.0.0.1:3482"]).unwrap_err();
+        assert!(
+            err.errors
+                .iter()
+                .any(|e| e.name == "--advertised-addr / QP_RELAY_ADVERTISED_ADDR"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn apply_discovered_fills_what_was_left_to_discovery() {
+        let (_, mut config, _) = resolve_discovered(&[]).unwrap();
+        config
+            .apply_discovered(&discovered(
+                "203.0.113.5",
+                &[("turn", 3482), ("control", 3483)],
+            ))
+            .unwrap();
+        assert_eq!(config.advertised, "203.0.113.5:3482".parse().unwrap());
+        assert_eq!(
+            config.relay_advertised_ip,
+            "203.0.113.5".parse::<IpAddr>().unwrap()
+        );
+        assert!(!config.needs_discovery());
+
+        // a node port: the external port is advertised; no port named turn: the configured one
+        let (_, mut config, _) = resolve_discovered(&[]).unwrap();
+        config
+            .apply_discovered(&discovered("203.0.113.5", &[("turn", 31482)]))
+            .unwrap();
+        assert_eq!(config.advertised, "203.0.113.5:31482".parse().unwrap());
+        let (_, mut config, _) = resolve_discovered(&[]).unwrap();
+        config
+            .apply_discovered(&discovered("203.0.113.5", &[("udp", 9999)]))
+            .unwrap();
+        assert_eq!(config.advertised, "203.0.113.5:3482".parse().unwrap());
+    }
+
+    #[test]
+    fn explicit_addresses_win_over_discovery() {
+        let (_, mut config, _) =
+            resolve_discovered(&["--relay-advertised-ip", "198.51.100.9"]).unwrap();
+        config
+            .apply_discovered(&discovered("203.0.113.5", &[("turn", 3482)]))
+            .unwrap();
+        assert_eq!(config.advertised, "203.0.113.5:3482".parse().unwrap());
+        assert_eq!(
+            config.relay_advertised_ip,
+            "198.51.100.9".parse::<IpAddr>().unwrap()
+        );
+
+        let (_, config, _) =
+            resolve_discovered(&["--advertised-addr", "198.51.100.7:3482"]).unwrap();
+        assert_eq!(config.advertised, "198.51.100.7:3482".parse().unwrap());
+        assert_eq!(
+            config.relay_advertised_ip,
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert!(!config.needs_discovery(), "nothing left to discover");
+    }
+
+    #[test]
+    fn a_refused_discovery_changes_nothing() {
+        let (_, mut config, _) = resolve_discovered(&[]).unwrap();
+        let before = config.clone();
+        let err = config
+            .apply_discovered(&discovered("0.0.0.0", &[("turn", 3482)]))
+            .unwrap_err();
+        assert!(err.contains("cannot be reached"), "{err}");
+        let err = config
+            .apply_discovered(&discovered("2001:db8::5", &[("turn", 3482)]))
+            .unwrap_err();
+        assert!(err.contains("address family"), "{err}");
+        assert_eq!(config, before);
     }
 
     #[test]

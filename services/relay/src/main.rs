@@ -1,16 +1,17 @@
-//! `quickp2p-relay`: read flags, open the store, bind, print where it listens, run until
-//! SIGTERM/SIGINT.
+//! `quickp2p-relay`: read flags (and, with `--discovery kubernetes`, the relay's Service
+//! address), open the store, bind, print where it listens, run until SIGTERM/SIGINT.
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use quickp2p_relay::{Args, Config, Relay};
 use quickp2p_service_kit::config::{ServiceConfig, StoreTarget};
+use quickp2p_service_kit::discovery::{DiscoveryConfig, DiscoveryMode, KubeDiscovery};
 use quickp2p_service_kit::{OpsServer, Readiness, shutdown, telemetry};
 use quickp2p_store::{RedisConfig, Store};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let (service, config) = match Args::parse().resolve() {
+    let (service, mut config, discovery) = match Args::parse().resolve_with_discovery() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("quickp2p-relay: {e}");
@@ -24,6 +25,14 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if discovery.mode == DiscoveryMode::Kubernetes
+        && config.needs_discovery()
+        && let Err(e) = discover(&mut config, &discovery).await
+    {
+        tracing::error!("{e:#}");
+        eprintln!("quickp2p-relay: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     match serve(service, config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -32,6 +41,30 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Completes `config` from the Kubernetes API: the relay's Service address (waiting up to
+/// `--discovery-wait-s` for a load balancer) becomes the advertised TURN address and the
+/// XOR-RELAYED-ADDRESS IP, where those were not given explicitly.
+async fn discover(config: &mut Config, discovery: &DiscoveryConfig) -> anyhow::Result<()> {
+    let kube = KubeDiscovery::in_cluster(discovery)?;
+    let service = discovery
+        .service
+        .as_deref()
+        .context("--discovery-service / QP_DISCOVERY_SERVICE is required")?;
+    let found = kube
+        .wait_service_address(service, discovery.node_name.as_deref(), discovery.wait)
+        .await
+        .with_context(|| format!("cannot find the relay's address (service {service})"))?;
+    config
+        .apply_discovered(&found)
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        advertised = %config.advertised, relay_advertised_ip = %config.relay_advertised_ip,
+        source = ?found.source,
+        "addresses discovered from service {service} in namespace {}", kube.namespace()
+    );
+    Ok(())
 }
 
 async fn serve(service: ServiceConfig, config: Config) -> anyhow::Result<()> {
