@@ -49,20 +49,16 @@ async fn main() -> std::process::ExitCode {
 /// `--discovery-wait-s` for a load balancer) becomes the advertised QUIC address.
 async fn discover(config: &mut Config, discovery: &DiscoveryConfig) -> anyhow::Result<()> {
     let kube = KubeDiscovery::in_cluster(discovery)?;
-    let service = discovery
-        .service
-        .as_deref()
-        .context("--discovery-service / QP_DISCOVERY_SERVICE is required")?;
     let found = kube
-        .wait_service_address(service, discovery.node_name.as_deref(), discovery.wait)
+        .own_address(discovery)
         .await
-        .with_context(|| format!("cannot find the gateway's address (service {service})"))?;
+        .context("cannot find the gateway's address")?;
     config
         .apply_discovered(&found)
         .map_err(anyhow::Error::msg)?;
     tracing::info!(
         advertised_quic = ?config.advertised_quic, source = ?found.source,
-        "address discovered from service {service} in namespace {}", kube.namespace()
+        "address discovered in namespace {}", kube.namespace()
     );
     Ok(())
 }

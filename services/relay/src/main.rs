@@ -48,21 +48,17 @@ async fn main() -> std::process::ExitCode {
 /// XOR-RELAYED-ADDRESS IP, where those were not given explicitly.
 async fn discover(config: &mut Config, discovery: &DiscoveryConfig) -> anyhow::Result<()> {
     let kube = KubeDiscovery::in_cluster(discovery)?;
-    let service = discovery
-        .service
-        .as_deref()
-        .context("--discovery-service / QP_DISCOVERY_SERVICE is required")?;
     let found = kube
-        .wait_service_address(service, discovery.node_name.as_deref(), discovery.wait)
+        .own_address(discovery)
         .await
-        .with_context(|| format!("cannot find the relay's address (service {service})"))?;
+        .context("cannot find the relay's address")?;
     config
         .apply_discovered(&found)
         .map_err(anyhow::Error::msg)?;
     tracing::info!(
         advertised = %config.advertised, relay_advertised_ip = %config.relay_advertised_ip,
         source = ?found.source,
-        "addresses discovered from service {service} in namespace {}", kube.namespace()
+        "addresses discovered in namespace {}", kube.namespace()
     );
     Ok(())
 }

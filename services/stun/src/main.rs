@@ -45,14 +45,10 @@ async fn main() -> std::process::ExitCode {
 /// partner, the partner's (waiting up to `--discovery-wait-s` for load balancers and pods).
 async fn discover(config: &mut Config, discovery: &DiscoveryConfig) -> anyhow::Result<()> {
     let kube = KubeDiscovery::in_cluster(discovery)?;
-    let service = discovery
-        .service
-        .as_deref()
-        .context("--discovery-service / QP_DISCOVERY_SERVICE is required")?;
     let own = kube
-        .wait_service_address(service, discovery.node_name.as_deref(), discovery.wait)
+        .own_address(discovery)
         .await
-        .with_context(|| format!("cannot find this member's address (service {service})"))?;
+        .context("cannot find this member's address")?;
     let partner = match (&config.partner, &discovery.partner_service) {
         (Some(_), Some(partner)) => Some(
             kube.wait_service_address(partner, None, discovery.wait)

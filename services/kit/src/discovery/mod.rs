@@ -300,6 +300,9 @@ pub enum DiscoveryError {
     /// No in-cluster configuration (service account token, `KUBERNETES_SERVICE_HOST`).
     #[error("not running in a Kubernetes pod with a service account: {0}")]
     NotInCluster(String),
+    /// Kubernetes discovery was asked for without naming this process's Service.
+    #[error("--discovery-service / QP_DISCOVERY_SERVICE is required with --discovery kubernetes")]
+    NoService,
     /// The API server refused or failed a read.
     #[error("cannot read {what} from the Kubernetes API: {source}")]
     Api {
@@ -578,6 +581,18 @@ mod kube_api {
                 source: AddressSource::HostNetwork { node },
                 backend,
             })
+        }
+
+        /// This process's own external address: the Service named by `--discovery-service`
+        /// (node-bound addresses on `--node-name`), waiting up to `--discovery-wait-s`. Every role
+        /// that advertises an address starts with this.
+        pub async fn own_address(
+            &self,
+            config: &DiscoveryConfig,
+        ) -> Result<ExternalAddress, DiscoveryError> {
+            let service = config.service.as_deref().ok_or(DiscoveryError::NoService)?;
+            self.wait_service_address(service, config.node_name.as_deref(), config.wait)
+                .await
         }
 
         /// [`service_address`](Self::service_address), asked again every poll interval while the

@@ -586,3 +586,27 @@ fn external_address_ports_by_name() {
     assert_eq!(address.port("stun"), Some(3478));
     assert_eq!(address.port("stun-alt"), None);
 }
+
+#[tokio::test]
+async fn own_address_reads_the_configured_service_and_needs_one() {
+    let (api, discovery) = fake_cluster().await;
+    let mut svc = service("relay", "LoadBalancer", &STUN_PORTS);
+    svc["status"]["loadBalancer"]["ingress"] = json!([{"ip": "203.0.113.12"}]);
+    api.service("qp", svc);
+    let mut config = DiscoveryConfig {
+        mode: DiscoveryMode::Kubernetes,
+        namespace: None,
+        service: Some("relay".into()),
+        partner_service: None,
+        node_name: None,
+        node_address_types: vec!["ExternalIP".into()],
+        wait: Duration::from_secs(1),
+    };
+    let found = discovery.own_address(&config).await.unwrap();
+    assert_eq!(found.ip, ip("203.0.113.12"));
+
+    config.service = None;
+    let err = discovery.own_address(&config).await.unwrap_err();
+    assert!(matches!(err, DiscoveryError::NoService), "{err}");
+    assert!(!err.is_transient());
+}
