@@ -2,8 +2,10 @@
 //! interfaces, and random loss with nftables `numgen random` rules in the WAN router.
 //!
 //! Loss is done in nftables rather than netem so that it works on kernels built without
-//! `CONFIG_NET_SCH_NETEM` (some VM kernels, including the one this was written on); delay has no
-//! such substitute, so a lab asking for delay there fails with [`LabError::Unavailable`]
+//! `CONFIG_NET_SCH_NETEM` (some VM kernels, including the one this was written on). Delay there
+//! comes from a userspace delay line in the WAN router (`qp-delay-line` behind an iptables
+//! `NFQUEUE` rule, which needs `iptables` and the binary built); without either, a lab asking for
+//! delay fails with [`LabError::Unavailable`]
 //! (see [`Lab::delay_available`](super::Lab::delay_available)).
 //!
 //! [`LabError::Unavailable`]: super::LabError::Unavailable

@@ -27,7 +27,8 @@
 //!
 //! The NAT devices' nftables rules are described in `nft.rs` and `e2e/README.md`. Building needs
 //! root, `ip` and `nft` ([`Lab::available`]); added delay also needs `tc` and the kernel's netem
-//! qdisc ([`Lab::delay_available`]), loss does not. Dropping the [`Lab`]
+//! qdisc, or else `iptables` for the userspace delay line `qp-delay-line`
+//! ([`Lab::delay_available`]); loss needs neither. Dropping the [`Lab`]
 //! kills every process left in its namespaces and deletes them, also when a test panics; a lab
 //! that starts removes namespaces left by processes that died without dropping theirs.
 
@@ -80,6 +81,66 @@ struct Impairments {
     links: Vec<Impairment>,
     /// Interfaces (namespace, name) that have a netem qdisc now.
     netem: HashSet<(String, String)>,
+    /// The userspace delay line, when delay is asked for on a kernel without netem.
+    delay_line: Option<DelayLine>,
+    /// Whether the WAN router has the NFQUEUE rule that feeds the delay line.
+    delay_rule: bool,
+}
+
+/// A running `qp-delay-line` in the WAN router; killed when dropped.
+#[derive(Debug)]
+struct DelayLine {
+    args: Vec<String>,
+    child: std::process::Child,
+}
+
+impl DelayLine {
+    /// Starts it and waits until it has bound its queue.
+    fn start(wan: &Netns, args: Vec<String>) -> Result<DelayLine, LabError> {
+        use std::io::BufRead as _;
+        let binary = crate::binaries::workspace_binary(netns::DELAY_LINE_BINARY)
+            .map_err(LabError::Unavailable)?;
+        let command_line = format!("{} {}", binary.display(), args.join(" "));
+        let mut child = wan
+            .command(&binary)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| LabError::Spawn {
+                command: command_line.clone(),
+                source,
+            })?;
+        let mut first = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            let _ = std::io::BufReader::new(stdout).read_line(&mut first);
+        }
+        if first.trim() == "READY" {
+            return Ok(DelayLine { args, child });
+        }
+        let _ = child.kill();
+        let output = child.wait_with_output();
+        let (status, stderr) = match output {
+            Ok(output) => (
+                output.status.to_string(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ),
+            Err(e) => ("unknown".to_owned(), e.to_string()),
+        };
+        Err(LabError::Command {
+            command: command_line,
+            status,
+            stderr,
+        })
+    }
+}
+
+impl Drop for DelayLine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Lab {
@@ -128,8 +189,8 @@ impl Lab {
         &self.namespaces.names
     }
 
-    /// Whether this machine can add delay (the kernel's netem qdisc); the reason when it cannot.
-    /// Loss works without it.
+    /// Whether this machine can add delay (the kernel's netem qdisc, or the userspace delay line
+    /// when the kernel has no netem); the reason when it cannot. Loss works without it.
     pub fn delay_available() -> Result<(), String> {
         netns::delay_available()
     }
@@ -166,9 +227,25 @@ impl Lab {
         applied
     }
 
-    /// Makes the netem qdiscs and the WAN's loss chain match `state`.
+    /// Makes the delays (netem qdiscs, or the delay line) and the WAN's loss chain match `state`.
     fn apply_impairments(&self, state: &mut Impairments) -> Result<(), LabError> {
-        // delay: netem on the egress of both ends of each link
+        let any_delay = state.wan.has_delay() || state.links.iter().any(Impairment::has_delay);
+        if any_delay {
+            Lab::delay_available().map_err(LabError::Unavailable)?;
+        }
+        if netns::netem_available().is_ok() {
+            self.apply_netem(state)?;
+        } else {
+            self.apply_delay_line(state, any_delay)?;
+        }
+        // loss: nftables in the WAN router
+        let links: Vec<f64> = state.links.iter().map(|link| link.loss_percent).collect();
+        self.wan
+            .nft_load(&impairment::loss_ruleset(state.wan.loss_percent, &links))
+    }
+
+    /// Delay with netem: a qdisc on the egress of both ends of each link.
+    fn apply_netem(&self, state: &mut Impairments) -> Result<(), LabError> {
         let mut delays = vec![(&self.wan, "sn".to_owned(), state.wan)];
         for (peer, link) in self.peers.iter().zip(&state.links) {
             delays.push((&self.wan, format!("n{}", peer.index), state.wan.then(*link)));
@@ -177,12 +254,6 @@ impl Lab {
                 peer.access_interface().to_owned(),
                 *link,
             ));
-        }
-        if delays
-            .iter()
-            .any(|(_, _, impairment)| impairment.has_delay())
-        {
-            Lab::delay_available().map_err(LabError::Unavailable)?;
         }
         for (netns, interface, impairment) in delays {
             let key = (netns.name().to_owned(), interface.clone());
@@ -209,10 +280,57 @@ impl Lab {
                 )?;
             }
         }
-        // loss: nftables in the WAN router
-        let links: Vec<f64> = state.links.iter().map(|link| link.loss_percent).collect();
-        self.wan
-            .nft_load(&impairment::loss_ruleset(state.wan.loss_percent, &links))
+        Ok(())
+    }
+
+    /// Delay without netem: the userspace delay line in the WAN router (see `qp-delay-line`),
+    /// which gives each forwarded packet the WAN delay plus the delays of the access links it
+    /// enters and leaves by, the same totals as the netem qdiscs. Jitter is the WAN's plus the
+    /// largest link's (one jitter for all packets). Restarted when the delays change.
+    fn apply_delay_line(&self, state: &mut Impairments, any_delay: bool) -> Result<(), LabError> {
+        if !any_delay {
+            state.delay_line = None;
+            return Ok(());
+        }
+        let jitter = state.wan.jitter
+            + state
+                .links
+                .iter()
+                .map(|link| link.jitter)
+                .max()
+                .unwrap_or_default();
+        let mut args = vec![
+            "--queue".to_owned(),
+            netns::DELAY_LINE_QUEUE.to_owned(),
+            "--wan-us".to_owned(),
+            state.wan.delay.as_micros().to_string(),
+            "--jitter-us".to_owned(),
+            jitter.as_micros().to_string(),
+        ];
+        for (peer, link) in self.peers.iter().zip(&state.links) {
+            if !link.delay.is_zero() {
+                args.push("--link".to_owned());
+                args.push(format!("n{}={}", peer.index, link.delay.as_micros()));
+            }
+        }
+        if state
+            .delay_line
+            .as_ref()
+            .is_some_and(|line| line.args == args)
+        {
+            return Ok(());
+        }
+        // stop the old one first: one process per queue
+        state.delay_line = None;
+        let line = DelayLine::start(&self.wan, args)?;
+        if !state.delay_rule {
+            let mut rule = vec!["iptables"];
+            rule.extend(netns::DELAY_LINE_RULE);
+            self.wan.run(rule[0], &rule[1..])?;
+            state.delay_rule = true;
+        }
+        state.delay_line = Some(line);
+        Ok(())
     }
 
     fn lock_impairments(&self) -> std::sync::MutexGuard<'_, Impairments> {
@@ -401,8 +519,9 @@ impl LabBuilder {
     }
 
     /// Adds `delay` to every packet leaving the WAN router: each path between two lab hosts gets it
-    /// once per direction. Needs the kernel's netem qdisc ([`Lab::delay_available`]); without it
-    /// [`build`](Self::build) fails with [`LabError::Unavailable`].
+    /// once per direction. Needs the kernel's netem qdisc or the userspace delay line
+    /// ([`Lab::delay_available`]); without either, [`build`](Self::build) fails with
+    /// [`LabError::Unavailable`].
     pub fn wan_delay(mut self, delay: Duration) -> Self {
         self.wan.delay = delay;
         self
@@ -517,6 +636,8 @@ impl LabBuilder {
                 wan: self.wan,
                 links: self.peers.iter().map(|(_, link)| *link).collect(),
                 netem: HashSet::new(),
+                delay_line: None,
+                delay_rule: false,
             }),
             peers,
             namespaces,

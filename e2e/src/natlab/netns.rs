@@ -251,15 +251,64 @@ fn check_available() -> Result<(), String> {
     Ok(())
 }
 
-/// Whether this machine can add delay to lab links (netem); the reason when it cannot. Checked once
-/// per process.
-pub fn delay_available() -> Result<(), String> {
-    static DELAY_AVAILABLE: OnceLock<Result<(), String>> = OnceLock::new();
+/// Whether this machine has the netem qdisc (the kernel's own delay); the reason when it has
+/// not. Checked once per process.
+pub fn netem_available() -> Result<(), String> {
+    static NETEM_AVAILABLE: OnceLock<Result<(), String>> = OnceLock::new();
     available()?;
-    DELAY_AVAILABLE.get_or_init(check_delay_available).clone()
+    NETEM_AVAILABLE.get_or_init(check_netem_available).clone()
 }
 
-fn check_delay_available() -> Result<(), String> {
+/// Whether this machine can add delay to lab links, with netem or else with the userspace delay
+/// line (`qp-delay-line` behind an iptables `NFQUEUE` rule); the reasons when it cannot.
+pub fn delay_available() -> Result<(), String> {
+    static DELAY_LINE_AVAILABLE: OnceLock<Result<(), String>> = OnceLock::new();
+    let Err(netem) = netem_available() else {
+        return Ok(());
+    };
+    DELAY_LINE_AVAILABLE
+        .get_or_init(check_delay_line_available)
+        .clone()
+        .map_err(|line| format!("{netem}; and the userspace delay line cannot run: {line}"))
+}
+
+fn check_delay_line_available() -> Result<(), String> {
+    crate::binaries::workspace_binary(DELAY_LINE_BINARY)?;
+    if let Err(e) = run_tool("iptables", &["-V"], None) {
+        return Err(format!(
+            "`iptables` is not usable ({e}); install it with `apt-get install iptables`"
+        ));
+    }
+    let name = format!("{NAMESPACE_PREFIX}{:x}-nfq", std::process::id());
+    create(&name).map_err(|e| format!("cannot create a network namespace: {e}"))?;
+    let mut rule = vec!["netns", "exec", &name, "iptables"];
+    rule.extend(DELAY_LINE_RULE);
+    let trial = run_tool("ip", &rule, None);
+    let _ = destroy(&name);
+    trial
+        .map(drop)
+        .map_err(|e| format!("the kernel refuses an NFQUEUE rule: {e}"))
+}
+
+/// The delay line's program name (an e2e binary).
+pub(crate) const DELAY_LINE_BINARY: &str = "qp-delay-line";
+/// The NFQUEUE number the delay line binds in a WAN namespace (queues are per namespace).
+pub(crate) const DELAY_LINE_QUEUE: &str = "7";
+/// The iptables arguments that send forwarded packets to the delay line; with `--queue-bypass`
+/// they pass undelayed while no delay line is bound.
+pub(crate) const DELAY_LINE_RULE: [&str; 9] = [
+    "-t",
+    "mangle",
+    "-A",
+    "FORWARD",
+    "-j",
+    "NFQUEUE",
+    "--queue-num",
+    DELAY_LINE_QUEUE,
+    "--queue-bypass",
+];
+
+fn check_netem_available() -> Result<(), String> {
     if let Err(e) = run_tool("tc", &["-V"], None) {
         return Err(format!(
             "`tc` is not usable ({e}); install it with `apt-get install iproute2`"
