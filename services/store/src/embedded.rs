@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use crate::limits::{MAX_COUNTER_MAP_FIELDS, MAX_REPLICAS_LISTED};
 use crate::model::{
-    AppRecord, AttributeHit, Attributes, PeerRecord, PublishMode, Replica, ReplicaInfo, ValueMatch,
-    truncate_ms,
+    AppRecord, AttributeRecord, Attributes, PeerRecord, PublishMode, PublishOutcome,
+    PublishedAttributes, Replica, ReplicaInfo, ValueMatch, truncate_ms,
 };
 use crate::subscription::{SUBSCRIPTION_BUFFER, Subscription};
 use crate::{StoreError, index_member, split_index_member};
@@ -106,6 +106,22 @@ struct PeerEntry {
     record: PeerRecord,
     deadline: Instant,
     attrs: Attributes,
+    /// When `attrs` last changed (publish or unpublish) during this presence.
+    updated_at: Option<std::time::SystemTime>,
+}
+
+impl PeerEntry {
+    fn published(&self) -> PublishedAttributes {
+        PublishedAttributes {
+            attributes: self.attrs.clone(),
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// Now, with the millisecond precision both backends store.
+fn now_ms() -> std::time::SystemTime {
+    truncate_ms(std::time::SystemTime::now())
 }
 
 impl Tenant {
@@ -253,12 +269,12 @@ impl EmbeddedBackend {
             let deadline = deadline(now, ttl_ms);
             // expired incarnations were purged by the sweep, so a present entry is live: keep
             // its attributes
-            let attrs = match t.peers.remove(&peer) {
+            let (attrs, updated_at) = match t.peers.remove(&peer) {
                 Some(old) => {
                     t.deadlines.remove(&(old.deadline, peer.clone()));
-                    old.attrs
+                    (old.attrs, old.updated_at)
                 }
-                None => Attributes::new(),
+                None => (Attributes::new(), None),
             };
             t.deadlines.insert((deadline, peer.clone()));
             t.peers.insert(
@@ -267,6 +283,7 @@ impl EmbeddedBackend {
                     record,
                     deadline,
                     attrs,
+                    updated_at,
                 },
             );
         });
@@ -383,11 +400,25 @@ impl EmbeddedBackend {
         peer: &str,
         attrs: &Attributes,
         mode: PublishMode,
-    ) -> Result<(), StoreError> {
+        max_attributes: usize,
+    ) -> Result<PublishOutcome, StoreError> {
         self.state().tenant(app, |t, _| {
             let Some(entry) = t.peers.get_mut(peer) else {
                 return Err(peer_not_online(app, peer));
             };
+            let would_hold = match mode {
+                PublishMode::Replace => attrs.len(),
+                PublishMode::Merge => {
+                    entry.attrs.len()
+                        + attrs
+                            .keys()
+                            .filter(|k| !entry.attrs.contains_key(*k))
+                            .count()
+                }
+            };
+            if would_hold > max_attributes {
+                return Ok(PublishOutcome::TooManyAttributes { would_hold });
+            }
             let old = match mode {
                 PublishMode::Replace => std::mem::take(&mut entry.attrs),
                 PublishMode::Merge => attrs
@@ -396,6 +427,8 @@ impl EmbeddedBackend {
                     .collect(),
             };
             entry.attrs.extend(attrs.clone());
+            entry.updated_at = Some(now_ms());
+            let published = entry.published();
             for (key, value) in &old {
                 t.unindex(key, value, peer);
             }
@@ -405,7 +438,7 @@ impl EmbeddedBackend {
                     .or_default()
                     .insert(index_member(value, peer));
             }
-            Ok(())
+            Ok(PublishOutcome::Published(published))
         })
     }
 
@@ -423,6 +456,9 @@ impl EmbeddedBackend {
                 .iter()
                 .filter_map(|k| entry.attrs.remove(k).map(|v| (k.clone(), v)))
                 .collect();
+            if !removed.is_empty() {
+                entry.updated_at = Some(now_ms());
+            }
             for (key, value) in &removed {
                 t.unindex(key, value, peer);
             }
@@ -430,14 +466,14 @@ impl EmbeddedBackend {
         }))
     }
 
-    pub(crate) fn get_peer_attributes(
+    pub(crate) fn get_published(
         &self,
         app: &str,
         peer: &str,
-    ) -> Result<Option<Attributes>, StoreError> {
+    ) -> Result<Option<PublishedAttributes>, StoreError> {
         Ok(self
             .state()
-            .tenant(app, |t, _| t.peers.get(peer).map(|e| e.attrs.clone())))
+            .tenant(app, |t, _| t.peers.get(peer).map(PeerEntry::published)))
     }
 
     pub(crate) fn query_attributes(
@@ -447,7 +483,8 @@ impl EmbeddedBackend {
         matching: &ValueMatch,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<AttributeHit>, Option<String>), StoreError> {
+        with_records: bool,
+    ) -> Result<(Vec<AttributeRecord>, Option<String>), StoreError> {
         Ok(self.state().tenant(app, |t, _| {
             let Some(set) = t.index.get(key) else {
                 return (Vec::new(), None);
@@ -461,16 +498,23 @@ impl EmbeddedBackend {
                 Some(pos) if pos.as_bytes() >= lower.as_bytes() => Bound::Excluded(pos.to_owned()),
                 _ => Bound::Included(lower),
             };
+            let peers = &t.peers;
             let iter = set
                 .range((lower, Bound::Unbounded))
                 .take_while(|m| m.starts_with(&prefix))
                 .filter_map(|m| {
                     let (value, peer) = split_index_member(m)?;
+                    let published = if with_records {
+                        peers.get(peer).map(PeerEntry::published)?
+                    } else {
+                        PublishedAttributes::default()
+                    };
                     Some((
                         m.clone(),
-                        AttributeHit {
+                        AttributeRecord {
                             peer_id: peer.to_owned(),
                             value: value.to_owned(),
+                            published,
                         },
                     ))
                 });

@@ -12,7 +12,7 @@
 //! | applications (tenants) | [`Store::create_app`], [`Store::put_app`], [`Store::get_app`], [`Store::list_apps`], [`Store::delete_app`] | checkpoint, admin |
 //! | presence (peer records with TTL) | [`Store::put_peer`], [`Store::get_peer`], [`Store::touch_peer`], [`Store::remove_peer`], [`Store::list_peers`], [`Store::count_peers`], [`Store::sweep_expired_peers`] | checkpoint, admin |
 //! | routes peer → gateway (TTL) | [`Store::set_route`], [`Store::get_route`], [`Store::clear_route`] (compare-and-delete) | gateway |
-//! | attribute index, expiring with presence | [`Store::publish_attributes`], [`Store::unpublish_attributes`], [`Store::get_peer_attributes`], [`Store::query_attributes`] | index, admin |
+//! | attribute index, expiring with presence | [`Store::publish_attributes`], [`Store::publish_attributes_capped`], [`Store::unpublish_attributes`], [`Store::get_peer_attributes`], [`Store::get_published`], [`Store::query_attributes`], [`Store::query_records`] | index, admin |
 //! | pub/sub | [`Store::publish_delivery`], [`Store::subscribe_delivery`] (per gateway), [`Store::publish_event`], [`Store::subscribe_events`] (named channels) | gateway, checkpoint |
 //! | counters | [`Store::incr_counter`], [`Store::get_counter`], [`Store::incr_counter_field`], [`Store::get_counter_map`] | handshake, relay, admin |
 //! | ephemeral key/value (TTL) | [`Store::put_ephemeral`], [`Store::put_ephemeral_if_absent`], [`Store::get_ephemeral`], [`Store::take_ephemeral`] (once only), [`Store::delete_ephemeral`] | checkpoint (login challenges), handshake (sessions) |
@@ -48,6 +48,7 @@
 //! | `P:{app:A}:peer:p` | string, `PXAT` deadline | [`crate::PeerRecord`] JSON |
 //! | `P:{app:A}:attrs:p` | hash | the peer's attributes key → value (no TTL: removed with the peer by the purge) |
 //! | `P:{app:A}:idx:K` | zset (score 0) | index of attribute key `K`: members `value NUL peer` |
+//! | `P:{app:A}:updated` | hash | peer id → when its attributes last changed (Unix ms, Redis clock); removed with the peer by the purge |
 //! | `P:{app:A}:route:p` | string, `PX` ttl | gateway id holding the peer's session |
 //! | `P:{ctr:N}` | string | counter `N` |
 //! | `P:{ctrmap:N}` | hash | counter map `N`: field → count |
@@ -79,6 +80,7 @@ mod embedded;
 mod error;
 pub mod limits;
 mod model;
+pub mod names;
 mod redis_backend;
 mod subscription;
 
@@ -90,8 +92,9 @@ use bytes::Bytes;
 
 pub use crate::error::StoreError;
 pub use crate::model::{
-    AppRecord, AttributeHit, AttributeQuery, Attributes, BackendKind, Cursor, Page, PageRequest,
-    PeerRecord, PublishMode, Replica, ReplicaInfo, ValueMatch,
+    AppRecord, AttributeHit, AttributeQuery, AttributeRecord, Attributes, BackendKind, Cursor,
+    Page, PageRequest, PeerRecord, PublishMode, PublishOutcome, PublishedAttributes, Replica,
+    ReplicaInfo, ValueMatch,
 };
 pub use crate::redis_backend::RedisConfig;
 pub use crate::subscription::{SUBSCRIPTION_BUFFER, Subscription};
@@ -338,6 +341,30 @@ impl Store {
         attributes: &Attributes,
         mode: PublishMode,
     ) -> Result<(), StoreError> {
+        match self
+            .publish_attributes_capped(app_id, peer_id, attributes, mode, usize::MAX)
+            .await?
+        {
+            PublishOutcome::Published(_) => Ok(()),
+            // unreachable with an unlimited cap; reported rather than ignored
+            PublishOutcome::TooManyAttributes { would_hold } => Err(StoreError::invalid(format!(
+                "attributes: the peer would hold {would_hold}"
+            ))),
+        }
+    }
+
+    /// Like [`Store::publish_attributes`], but refuses (changing nothing) when the peer would
+    /// hold more than `max_attributes` attributes afterwards, and returns the peer's record after
+    /// the change. The check and the write are one atomic step, so concurrent merges from
+    /// several replicas can never push a peer over the cap.
+    pub async fn publish_attributes_capped(
+        &self,
+        app_id: &str,
+        peer_id: &str,
+        attributes: &Attributes,
+        mode: PublishMode,
+        max_attributes: usize,
+    ) -> Result<PublishOutcome, StoreError> {
         check_app_peer(app_id, peer_id)?;
         if attributes.len() > limits::MAX_ATTRIBUTES_PER_CALL {
             return Err(StoreError::invalid(format!(
@@ -349,7 +376,7 @@ impl Store {
             limits::attribute_key(key)?;
             limits::attribute_value("attribute value", value)?;
         }
-        dispatch!(self.publish_attributes(app_id, peer_id, attributes, mode))
+        dispatch!(self.publish_attributes(app_id, peer_id, attributes, mode, max_attributes))
     }
 
     /// Removes some published attributes of a peer; returns how many were present. A peer that
@@ -379,8 +406,21 @@ impl Store {
         app_id: &str,
         peer_id: &str,
     ) -> Result<Option<Attributes>, StoreError> {
+        Ok(self
+            .get_published(app_id, peer_id)
+            .await?
+            .map(|p| p.attributes))
+    }
+
+    /// What an online peer published (possibly nothing) and when it last changed; `None` if it
+    /// is not online.
+    pub async fn get_published(
+        &self,
+        app_id: &str,
+        peer_id: &str,
+    ) -> Result<Option<PublishedAttributes>, StoreError> {
         check_app_peer(app_id, peer_id)?;
-        dispatch!(self.get_peer_attributes(app_id, peer_id))
+        dispatch!(self.get_published(app_id, peer_id))
     }
 
     /// Online peers of an application whose attribute matches the query, one page at a time.
@@ -394,6 +434,38 @@ impl Store {
         query: &AttributeQuery,
         page: PageRequest,
     ) -> Result<Page<AttributeHit>, StoreError> {
+        let found = self.query_index(app_id, query, page, false).await?;
+        Ok(Page {
+            items: found
+                .items
+                .into_iter()
+                .map(|r| AttributeHit {
+                    peer_id: r.peer_id,
+                    value: r.value,
+                })
+                .collect(),
+            next: found.next,
+        })
+    }
+
+    /// Like [`Store::query_attributes`], but each match comes with everything the peer
+    /// published, read in the same atomic step (one round trip per page on Redis).
+    pub async fn query_records(
+        &self,
+        app_id: &str,
+        query: &AttributeQuery,
+        page: PageRequest,
+    ) -> Result<Page<AttributeRecord>, StoreError> {
+        self.query_index(app_id, query, page, true).await
+    }
+
+    async fn query_index(
+        &self,
+        app_id: &str,
+        query: &AttributeQuery,
+        page: PageRequest,
+        with_records: bool,
+    ) -> Result<Page<AttributeRecord>, StoreError> {
         limits::id("app id", app_id)?;
         limits::attribute_key(&query.key)?;
         // the lowest index member (`value NUL peer`) that can match
@@ -410,9 +482,14 @@ impl Store {
         let after = decode_cursor(&page, CURSOR_QUERY)?;
         let limit = page.effective_limit();
         let (items, next) = match &self.backend {
-            Backend::Embedded(b) => {
-                b.query_attributes(app_id, &query.key, &query.value, after.as_deref(), limit)?
-            }
+            Backend::Embedded(b) => b.query_attributes(
+                app_id,
+                &query.key,
+                &query.value,
+                after.as_deref(),
+                limit,
+                with_records,
+            )?,
             Backend::Redis(b) => {
                 // lexicographic range of the index members `value NUL peer` to scan
                 let min = match after.as_deref() {
@@ -427,7 +504,7 @@ impl Store {
                     // no UTF-8 text contains the byte 0xFF
                     ValueMatch::Prefix(p) => [b"(".as_slice(), p.as_bytes(), b"\xff"].concat(),
                 };
-                b.query_attributes(app_id, &query.key, min, max, limit)
+                b.query_attributes(app_id, &query.key, min, max, limit, with_records)
                     .await?
             }
         };

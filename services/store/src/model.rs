@@ -138,6 +138,41 @@ pub struct AttributeHit {
     pub value: String,
 }
 
+/// Everything one online peer has published, with when it last changed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PublishedAttributes {
+    /// The attributes, ordered by key.
+    pub attributes: Attributes,
+    /// When a publish or unpublish last changed them (whole milliseconds, the writer's clock:
+    /// the Redis server's in the Redis backend); `None` if the peer never published during its
+    /// current presence.
+    pub updated_at: Option<SystemTime>,
+}
+
+/// The result of [`crate::Store::publish_attributes_capped`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// The attributes were published; this is the peer's record after the change.
+    Published(PublishedAttributes),
+    /// Nothing was changed: the peer would have held `would_hold` attributes, more than the
+    /// cap. Decided atomically with the write, so concurrent publishes cannot exceed the cap.
+    TooManyAttributes {
+        /// How many attributes the peer would have held after the publish.
+        would_hold: usize,
+    },
+}
+
+/// One result of [`crate::Store::query_records`]: a matching peer with everything it published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributeRecord {
+    /// The matching peer.
+    pub peer_id: String,
+    /// The peer's value of the queried key.
+    pub value: String,
+    /// Everything the peer published (read in the same atomic step as the match).
+    pub published: PublishedAttributes,
+}
+
 /// Which backend a [`crate::Store`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {

@@ -34,7 +34,8 @@ use self::pubsub::{Hub, PubSubConn};
 use crate::embedded::{counter_map_full, peer_not_online};
 use crate::limits::{self, MAX_COUNTER_MAP_FIELDS, MAX_REPLICAS_LISTED, SWEEP_BATCH};
 use crate::model::{
-    AppRecord, AttributeHit, Attributes, BackendKind, PeerRecord, PublishMode, Replica, ReplicaInfo,
+    AppRecord, AttributeRecord, Attributes, BackendKind, PeerRecord, PublishMode, PublishOutcome,
+    PublishedAttributes, Replica, ReplicaInfo,
 };
 use crate::subscription::Subscription;
 use crate::{StoreError, split_index_member};
@@ -449,23 +450,41 @@ impl RedisBackend {
         peer: &str,
         attrs: &Attributes,
         mode: PublishMode,
-    ) -> Result<(), StoreError> {
+        max_attributes: usize,
+    ) -> Result<PublishOutcome, StoreError> {
         let mut inv = scripts::PUBLISH_ATTRIBUTES.prepare_invoke();
+        // 0 = no cap (usize::MAX would not survive Lua's doubles)
+        let cap = if max_attributes >= 1 << 50 {
+            0
+        } else {
+            max_attributes
+        };
         inv.key(self.keys.app(app))
             .arg(peer)
             .arg(match mode {
                 PublishMode::Replace => "r",
                 PublishMode::Merge => "m",
             })
-            .arg(SWEEP_BATCH);
+            .arg(SWEEP_BATCH)
+            .arg(cap);
         for (key, value) in attrs {
             inv.arg(key).arg(value);
         }
-        let published: i64 = self.invoke("publish_attributes", inv).await?;
-        if published == 0 {
-            return Err(peer_not_online(app, peer));
+        let reply: Vec<String> = self.invoke("publish_attributes", inv).await?;
+        let where_ = || format!("{}:attrs:{peer}", self.keys.app(app));
+        let mut it = reply.into_iter();
+        match it.next().as_deref() {
+            Some("ok") => Ok(PublishOutcome::Published(decode_published(it, &where_())?)),
+            Some("offline") => Err(peer_not_online(app, peer)),
+            Some("toomany") => {
+                let would_hold = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| StoreError::corrupt(where_(), "bad publish reply"))?;
+                Ok(PublishOutcome::TooManyAttributes { would_hold })
+            }
+            _ => Err(StoreError::corrupt(where_(), "bad publish reply")),
         }
-        Ok(())
     }
 
     pub(crate) async fn unpublish_attributes(
@@ -482,22 +501,17 @@ impl RedisBackend {
         self.invoke("unpublish_attributes", inv).await
     }
 
-    pub(crate) async fn get_peer_attributes(
+    pub(crate) async fn get_published(
         &self,
         app: &str,
         peer: &str,
-    ) -> Result<Option<Attributes>, StoreError> {
+    ) -> Result<Option<PublishedAttributes>, StoreError> {
         let mut inv = scripts::GET_ATTRIBUTES.prepare_invoke();
         inv.key(self.keys.app(app)).arg(peer);
         let flat: Option<Vec<String>> = self.invoke("get_peer_attributes", inv).await?;
-        Ok(flat.map(|flat| {
-            let mut attrs = Attributes::new();
-            let mut it = flat.into_iter();
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                attrs.insert(k, v);
-            }
-            attrs
-        }))
+        let where_ = format!("{}:attrs:{peer}", self.keys.app(app));
+        flat.map(|flat| decode_published(flat.into_iter(), &where_))
+            .transpose()
     }
 
     pub(crate) async fn query_attributes(
@@ -507,7 +521,8 @@ impl RedisBackend {
         min: Vec<u8>,
         max: Vec<u8>,
         limit: usize,
-    ) -> Result<(Vec<AttributeHit>, Option<String>), StoreError> {
+        with_records: bool,
+    ) -> Result<(Vec<AttributeRecord>, Option<String>), StoreError> {
         let mut inv = scripts::QUERY_ATTRIBUTES.prepare_invoke();
         inv.key(self.keys.app(app))
             .arg(key)
@@ -515,17 +530,36 @@ impl RedisBackend {
             .arg(max)
             .arg(limit)
             .arg(limits::scan_budget(limit))
-            .arg(SWEEP_BATCH);
+            .arg(SWEEP_BATCH)
+            .arg(if with_records { "1" } else { "0" });
         let reply: Vec<String> = self.invoke("query_attributes", inv).await?;
         let index = format!("{}:idx:{key}", self.keys.app(app));
-        decode_page(reply, |member| {
+        let mut it = reply.into_iter();
+        let next = it.next().filter(|n| !n.is_empty());
+        let mut items = Vec::new();
+        while let Some(member) = it.next() {
             let (value, peer) = split_index_member(&member)
                 .ok_or_else(|| StoreError::corrupt(&index, "index member without separator"))?;
-            Ok(AttributeHit {
+            let published = if with_records {
+                let n: usize = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| StoreError::corrupt(&index, "bad query reply"))?;
+                let fields: Vec<String> = it.by_ref().take(n).collect();
+                if fields.len() != n {
+                    return Err(StoreError::corrupt(&index, "short query reply"));
+                }
+                decode_published(fields.into_iter(), &index)?
+            } else {
+                PublishedAttributes::default()
+            };
+            items.push(AttributeRecord {
                 peer_id: peer.to_owned(),
                 value: value.to_owned(),
-            })
-        })
+                published,
+            });
+        }
+        Ok((items, next))
     }
 
     // ---------------------------------------------------------------- pub/sub
@@ -723,6 +757,27 @@ fn lex_after(after: Option<&str>) -> String {
 }
 
 /// Splits a script page reply `{next ('' = none), item...}`.
+/// Decodes a record as the scripts' `published` returns it: updated ms ('0' = never), then
+/// key, value, ...
+fn decode_published(
+    mut flat: impl Iterator<Item = String>,
+    key: &str,
+) -> Result<PublishedAttributes, StoreError> {
+    let updated_ms: u64 = flat
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| StoreError::corrupt(key, "bad update time"))?;
+    let mut attributes = Attributes::new();
+    while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+        attributes.insert(k, v);
+    }
+    Ok(PublishedAttributes {
+        attributes,
+        updated_at: (updated_ms > 0)
+            .then(|| std::time::UNIX_EPOCH + Duration::from_millis(updated_ms)),
+    })
+}
+
 fn decode_page<T>(
     reply: Vec<String>,
     decode: impl Fn(String) -> Result<T, StoreError>,

@@ -16,6 +16,7 @@ const APP_PRELUDE: &str = r#"
 local base = KEYS[1]
 local presence = base .. ':presence'
 local peers = base .. ':peers'
+local updated = base .. ':updated'
 local function num(n) return string.format('%.0f', n) end
 local function now_ms()
   local t = redis.call('TIME')
@@ -38,8 +39,16 @@ local function purge(p)
     redis.call('ZREM', idx_key(attrs[i]), member(attrs[i + 1], p))
   end
   redis.call('DEL', akey, rec_key(p))
+  redis.call('HDEL', updated, p)
   redis.call('ZREM', presence, p)
   redis.call('ZREM', peers, p)
+end
+-- the published record of a live peer, flat: updated ms ('0' = never), then key, value, ...
+local function published(p)
+  local out = {redis.call('HGET', updated, p) or '0'}
+  local attrs = redis.call('HGETALL', attrs_key(p))
+  for i = 1, #attrs do out[i + 1] = attrs[i] end
+  return out
 end
 local function sweep(now, max)
   if max <= 0 then return 0 end
@@ -168,8 +177,10 @@ return sweep(now_ms(), tonumber(ARGV[1]))
     )
 });
 
-/// ARGV: peer, mode ('r' replace | 'm' merge), sweep batch, key1, value1, ...
-/// Returns 1, or 0 when the peer is not online.
+/// ARGV: peer, mode ('r' replace | 'm' merge), sweep batch, max attributes ('0' = no cap),
+/// key1, value1, ... Returns {'offline'} when the peer is not online, {'toomany', n} (nothing
+/// changed) when it would hold n > max attributes, else {'ok', updated ms, key, value, ...}: the
+/// record after the change.
 pub(crate) static PUBLISH_ATTRIBUTES: LazyLock<Script> = LazyLock::new(|| {
     app_script(
         r#"
@@ -178,9 +189,22 @@ local now = now_ms()
 sweep(now, tonumber(ARGV[3]))
 if not live(p, now) then
   if redis.call('ZSCORE', presence, p) then purge(p) end
-  return 0
+  return {'offline'}
 end
 local akey = attrs_key(p)
+local cap = tonumber(ARGV[4])
+if cap > 0 then
+  local n = 0
+  if ARGV[2] == 'r' then
+    n = (#ARGV - 4) / 2
+  else
+    n = redis.call('HLEN', akey)
+    for i = 5, #ARGV, 2 do
+      if redis.call('HEXISTS', akey, ARGV[i]) == 0 then n = n + 1 end
+    end
+  end
+  if n > cap then return {'toomany', num(n)} end
+end
 if ARGV[2] == 'r' then
   local old = redis.call('HGETALL', akey)
   for i = 1, #old, 2 do
@@ -188,7 +212,7 @@ if ARGV[2] == 'r' then
   end
   redis.call('DEL', akey)
 end
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local k = ARGV[i]
   local v = ARGV[i + 1]
   local old = redis.call('HGET', akey, k)
@@ -196,7 +220,10 @@ for i = 4, #ARGV, 2 do
   redis.call('HSET', akey, k, v)
   redis.call('ZADD', idx_key(k), 0, member(v, p))
 end
-return 1
+redis.call('HSET', updated, p, num(now))
+local out = published(p)
+table.insert(out, 1, 'ok')
+return out
 "#,
     )
 });
@@ -223,67 +250,102 @@ for i = 3, #ARGV do
     n = n + 1
   end
 end
+if n > 0 then redis.call('HSET', updated, p, num(now)) end
 return n
 "#,
     )
 });
 
-/// ARGV: peer. Returns nil when the peer is not online, else {key, value, ...}.
+/// ARGV: peer. Returns nil when the peer is not online, else {updated ms ('0' = never), key,
+/// value, ...}.
 pub(crate) static GET_ATTRIBUTES: LazyLock<Script> = LazyLock::new(|| {
     app_script(
         r#"
 local p = ARGV[1]
 if not live(p, now_ms()) then return false end
-return redis.call('HGETALL', attrs_key(p))
+return published(p)
 "#,
     )
 });
 
-/// ARGV: attribute key, lex min, lex max, limit, scan budget, purge budget.
-/// Returns {next member ('' = none), member...} where a member is `value NUL peer`.
+/// ARGV: attribute key, lex min, lex max, limit, scan budget, purge budget, with records
+/// ('1' | '0'). Returns {next member ('' = none), member...} where a member is `value NUL
+/// peer`; with records, each member is followed by the number n of fields of the peer's record
+/// and then the record itself as returned by `published` (n fields).
 /// Members of expired peers are skipped and cleaned; so are members that disagree with the
 /// peer's attribute hash (defensive: cannot happen with these scripts).
+///
+/// Cost: per batch of index members one `ZMSCORE` for the liveness of all their peers; per
+/// match one `HGETALL` (with records; it also checks the value) or one `HGET`; with records one
+/// `HMGET` of the update times of the whole page.
 pub(crate) static QUERY_ATTRIBUTES: LazyLock<Script> = LazyLock::new(|| {
     app_script(
         r#"
 local now = now_ms()
-local ikey = idx_key(ARGV[1])
+local key = ARGV[1]
+local ikey = idx_key(key)
 local min = ARGV[2]
 local max = ARGV[3]
 local limit = tonumber(ARGV[4])
 local budget = tonumber(ARGV[5])
 local purge_left = tonumber(ARGV[6])
-local out = {''}
+local records = ARGV[7] == '1'
+local hits = {}
 local found = 0
 local scanned = 0
 local last = nil
 local done = false
 while not done and found < limit and scanned < budget do
-  local want = math.min(limit - found + 16, budget - scanned)
+  -- a couple beyond the page: the first round usually decides whether more follow
+  local want = math.min(limit - found + 2, budget - scanned)
   local batch = redis.call('ZRANGEBYLEX', ikey, min, max, 'LIMIT', 0, want)
+  local peers_of = {}
+  local values_of = {}
+  for i, m in ipairs(batch) do
+    local sep = string.find(m, '\0', 1, true)
+    if sep then
+      values_of[i] = string.sub(m, 1, sep - 1)
+      peers_of[i] = string.sub(m, sep + 1)
+    else
+      -- '' is never a peer id: its score reads as absent
+      values_of[i] = false
+      peers_of[i] = ''
+    end
+  end
+  local deadlines = {}
+  if #batch > 0 then deadlines = redis.call('ZMSCORE', presence, unpack(peers_of)) end
   local i = 0
   for _, m in ipairs(batch) do
     i = i + 1
     scanned = scanned + 1
     last = m
-    local sep = string.find(m, '\0', 1, true)
-    if not sep then
+    local p = peers_of[i]
+    local v = values_of[i]
+    local d = deadlines[i]
+    if not v then
       redis.call('ZREM', ikey, m)
-    else
-      local p = string.sub(m, sep + 1)
-      if live(p, now) then
-        if redis.call('HGET', attrs_key(p), ARGV[1]) == string.sub(m, 1, sep - 1) then
-          found = found + 1
-          out[found + 1] = m
-        else
-          redis.call('ZREM', ikey, m)
+    elseif d and tonumber(d) >= now then
+      local attrs = nil
+      local current = nil
+      if records then
+        attrs = redis.call('HGETALL', attrs_key(p))
+        for j = 1, #attrs, 2 do
+          if attrs[j] == key then current = attrs[j + 1] break end
         end
       else
+        current = redis.call('HGET', attrs_key(p), key)
+      end
+      if current == v then
+        found = found + 1
+        hits[found] = {m, p, attrs}
+      else
         redis.call('ZREM', ikey, m)
-        if purge_left > 0 then
-          purge(p)
-          purge_left = purge_left - 1
-        end
+      end
+    else
+      redis.call('ZREM', ikey, m)
+      if purge_left > 0 then
+        purge(p)
+        purge_left = purge_left - 1
       end
     end
     if found >= limit then break end
@@ -291,9 +353,25 @@ while not done and found < limit and scanned < budget do
   if i == #batch and #batch < want then done = true end
   if last then min = '(' .. last end
 end
+local out = {''}
 if not done and last then
   local more = redis.call('ZRANGEBYLEX', ikey, '(' .. last, max, 'LIMIT', 0, 1)
   if #more > 0 then out[1] = last end
+end
+local times = {}
+if records and found > 0 then
+  local ps = {}
+  for h = 1, found do ps[h] = hits[h][2] end
+  times = redis.call('HMGET', updated, unpack(ps))
+end
+for h = 1, found do
+  out[#out + 1] = hits[h][1]
+  if records then
+    local attrs = hits[h][3]
+    out[#out + 1] = tostring(#attrs + 1)
+    out[#out + 1] = times[h] or '0'
+    for j = 1, #attrs do out[#out + 1] = attrs[j] end
+  end
 end
 return out
 "#,

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::join_all;
 use quickp2p_store::{
-    AttributeHit, AttributeQuery, Attributes, Page, PageRequest, PublishMode, ReplicaInfo, Store,
-    StoreError,
+    AttributeHit, AttributeQuery, Attributes, Page, PageRequest, PublishMode, PublishOutcome,
+    ReplicaInfo, Store, StoreError,
 };
 
 use crate::support::{app, eventually, peer};
@@ -39,6 +39,7 @@ macro_rules! all_cases {
             attribute_queries_exact_and_prefix,
             query_pagination_skips_expired_peers,
             index_consistent_under_concurrent_publish_and_expiry,
+            capped_publish_records_and_update_times,
             delivery_pubsub,
             event_channels,
             counters,
@@ -884,6 +885,206 @@ pub async fn index_consistent_under_concurrent_publish_and_expiry(store: Store) 
 }
 
 // ---------------------------------------------------------------------------------- pub/sub
+
+/// The per-peer cap is decided atomically with the write (concurrent merges of distinct keys
+/// never push a peer over it), the publish returns the record after the change with its update
+/// time, and `query_records` returns each match with everything its peer published.
+pub async fn capped_publish_records_and_update_times(store: Store) {
+    const APP: &str = "capped";
+    const CAP: usize = 5;
+    store.put_peer(&peer(APP, "p"), LONG_TTL).await.unwrap();
+    store.put_peer(&peer(APP, "q"), LONG_TTL).await.unwrap();
+    assert_eq!(
+        store
+            .get_published(APP, "p")
+            .await
+            .unwrap()
+            .unwrap()
+            .updated_at,
+        None
+    );
+
+    // 20 concurrent merges of one new key each: exactly CAP succeed
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let key = format!("k{i:02}");
+                store
+                    .publish_attributes_capped(
+                        APP,
+                        "p",
+                        &attrs(&[(&key, "v")]),
+                        PublishMode::Merge,
+                        CAP,
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let outcomes: Vec<PublishOutcome> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let ok = outcomes
+        .iter()
+        .filter(|o| matches!(o, PublishOutcome::Published(_)))
+        .count();
+    assert_eq!(ok, CAP, "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| match o {
+        PublishOutcome::Published(r) => r.attributes.len() <= CAP && r.updated_at.is_some(),
+        PublishOutcome::TooManyAttributes { would_hold } => *would_hold == CAP + 1,
+    }));
+    let published = store.get_published(APP, "p").await.unwrap().unwrap();
+    assert_eq!(published.attributes.len(), CAP);
+    // a refused publish changed nothing, an overwrite of present keys is allowed at the cap
+    let present: Vec<String> = published.attributes.keys().cloned().collect();
+    let overwrite: Attributes = present
+        .iter()
+        .map(|k| (k.clone(), "w".to_owned()))
+        .collect();
+    match store
+        .publish_attributes_capped(APP, "p", &overwrite, PublishMode::Merge, CAP)
+        .await
+        .unwrap()
+    {
+        PublishOutcome::Published(r) => {
+            assert_eq!(r.attributes, overwrite);
+            assert!(r.updated_at >= published.updated_at);
+        }
+        other => panic!("overwrite refused: {other:?}"),
+    }
+    // replace counts only the new set
+    let six = attrs(&[
+        ("a", "1"),
+        ("b", "2"),
+        ("c", "3"),
+        ("d", "4"),
+        ("e", "5"),
+        ("f", "6"),
+    ]);
+    assert_eq!(
+        store
+            .publish_attributes_capped(APP, "p", &six, PublishMode::Replace, CAP)
+            .await
+            .unwrap(),
+        PublishOutcome::TooManyAttributes { would_hold: 6 }
+    );
+    assert_eq!(
+        store.get_peer_attributes(APP, "p").await.unwrap(),
+        Some(overwrite)
+    );
+    store
+        .publish_attributes_capped(
+            APP,
+            "p",
+            &attrs(&[("color", "red"), ("n", "1")]),
+            PublishMode::Replace,
+            CAP,
+        )
+        .await
+        .unwrap();
+    store
+        .publish_attributes_capped(
+            APP,
+            "q",
+            &attrs(&[("color", "reddish")]),
+            PublishMode::Merge,
+            CAP,
+        )
+        .await
+        .unwrap();
+    // an offline peer cannot publish
+    assert!(matches!(
+        store
+            .publish_attributes_capped(
+                APP,
+                "nobody",
+                &attrs(&[("a", "1")]),
+                PublishMode::Merge,
+                CAP
+            )
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let page = store
+        .query_records(
+            APP,
+            &AttributeQuery::prefix("color", "red"),
+            PageRequest::first(10),
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, String, Attributes)> = page
+        .items
+        .iter()
+        .map(|r| {
+            (
+                r.peer_id.clone(),
+                r.value.clone(),
+                r.published.attributes.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "p".to_owned(),
+                "red".to_owned(),
+                attrs(&[("color", "red"), ("n", "1")])
+            ),
+            (
+                "q".to_owned(),
+                "reddish".to_owned(),
+                attrs(&[("color", "reddish")])
+            ),
+        ]
+    );
+    assert!(page.items.iter().all(|r| r.published.updated_at.is_some()));
+    assert_eq!(page.next, None);
+
+    // unpublishing updates the time; removing the peer takes the record with it
+    let before = store
+        .get_published(APP, "q")
+        .await
+        .unwrap()
+        .unwrap()
+        .updated_at;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        store
+            .unpublish_attributes(APP, "q", &["color".into()])
+            .await
+            .unwrap(),
+        1
+    );
+    let after = store.get_published(APP, "q").await.unwrap().unwrap();
+    assert!(after.attributes.is_empty());
+    assert!(
+        after.updated_at > before,
+        "{before:?} -> {:?}",
+        after.updated_at
+    );
+    store.remove_peer(APP, "p").await.unwrap();
+    store.put_peer(&peer(APP, "p"), LONG_TTL).await.unwrap();
+    assert_eq!(
+        store.get_published(APP, "p").await.unwrap().unwrap(),
+        Default::default()
+    );
+    let page = store
+        .query_records(
+            APP,
+            &AttributeQuery::prefix("color", ""),
+            PageRequest::first(10),
+        )
+        .await
+        .unwrap();
+    assert!(page.items.is_empty(), "{page:?}");
+}
 
 async fn recv(sub: &mut quickp2p_store::Subscription) -> Bytes {
     tokio::time::timeout(WAIT, sub.recv())
