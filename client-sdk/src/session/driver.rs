@@ -17,9 +17,10 @@ use quickp2p_proto::v1::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use super::handshake::{CallReply, NetworkView, unix_now_us};
 use super::{
-    Command, ConnectionState, IncomingMessage, MessageReceipt, PresenceUpdate, Session,
-    SessionConfig, SessionError, SessionInner, SharedSocket, tls,
+    Command, ConnectionState, HandshakeEvent, IncomingMessage, MessageReceipt, PresenceUpdate,
+    Session, SessionConfig, SessionError, SessionInner, SharedSocket, tls,
 };
 
 /// The server name sent in the TLS handshake (certificates are pinned, not name-checked).
@@ -48,7 +49,20 @@ enum Pending {
     Resubscribe,
     Heartbeat,
     Logout,
+    /// A [`Command::Call`]: the answer goes to the caller.
+    Call(CallReply),
+    /// A SyncClock sample.
+    Clock,
 }
+
+/// Clock samples taken right after each login.
+const CLOCK_SAMPLES_AT_LOGIN: u32 = 5;
+/// Time between the samples of a burst.
+const CLOCK_BURST_SPACING: Duration = Duration::from_millis(50);
+/// Time between samples outside bursts.
+const CLOCK_RESAMPLE: Duration = Duration::from_secs(30);
+/// Most samples taken for one `ClockSyncRequested`.
+const CLOCK_SAMPLES_MAX: u32 = 8;
 
 /// Why serving a connection ended.
 enum Exit {
@@ -74,6 +88,16 @@ struct Driver {
     /// Recently received (sender, client message id): a message replayed by its sender after a
     /// gateway failure may arrive twice; the repeat is dropped.
     recent: RecentIds,
+    /// Handshake events for the handles.
+    handshake: broadcast::Sender<HandshakeEvent>,
+    /// Observed address and clock estimate, shared with the handles.
+    network: Arc<NetworkView>,
+    /// Signalling requests made while disconnected, sent after the next login.
+    waiting_calls: Vec<(Request, CallReply)>,
+    /// Clock samples still to take in the current burst.
+    clock_burst: u32,
+    /// When the next clock sample is due.
+    next_clock: tokio::time::Instant,
 }
 
 /// How many received message ids are remembered for dropping repeats.
@@ -140,6 +164,8 @@ pub(super) async fn start(config: SessionConfig) -> Result<Session, SessionError
     });
     let (inbox, inbox_rx) = mpsc::channel(config.inbox_capacity.max(1));
     let (presence, _) = broadcast::channel(1024);
+    let (handshake, _) = broadcast::channel(256);
+    let network = Arc::new(NetworkView::default());
     let peer_id = config.identity.peer_id();
     let mut driver = Driver {
         config,
@@ -157,6 +183,11 @@ pub(super) async fn start(config: SessionConfig) -> Result<Session, SessionError
         subscriptions: HashSet::new(),
         waiting_subscribes: Vec::new(),
         recent: RecentIds::default(),
+        handshake: handshake.clone(),
+        network: Arc::clone(&network),
+        waiting_calls: Vec::new(),
+        clock_burst: 0,
+        next_clock: tokio::time::Instant::now(),
     };
     // the first connection: every gateway once, the last error wins
     let mut last = SessionError::Connect("no gateway answered".into());
@@ -182,6 +213,8 @@ pub(super) async fn start(config: SessionConfig) -> Result<Session, SessionError
             presence,
             socket,
             watched: std::sync::Mutex::new(HashSet::new()),
+            handshake,
+            network,
         }),
     })
 }
@@ -282,6 +315,9 @@ impl Driver {
         };
         self.token = logged.session_token;
         self.current = index;
+        self.network.set_observed(welcome.observed_address.as_ref());
+        self.clock_burst = CLOCK_SAMPLES_AT_LOGIN;
+        self.next_clock = tokio::time::Instant::now();
         let _ = self.state.send(ConnectionState::Connected {
             gateway: addr,
             gateway_id: welcome.gateway_id,
@@ -315,8 +351,16 @@ impl Driver {
             // requests in flight on the lost connection: sends stay in `unacked` (replayed),
             // subscribes are asked again
             for (_, pending) in self.pending.drain() {
-                if let Pending::Subscribe(peers, reply) = pending {
-                    self.waiting_subscribes.push((peers, reply));
+                match pending {
+                    Pending::Subscribe(peers, reply) => {
+                        self.waiting_subscribes.push((peers, reply))
+                    }
+                    Pending::Call(reply) => {
+                        let _ = reply.send(Err(SessionError::Unavailable(format!(
+                            "the gateway connection was lost before the answer ({reason})"
+                        ))));
+                    }
+                    _ => {}
                 }
             }
             match self.reconnect().await {
@@ -385,6 +429,7 @@ impl Driver {
                 );
             }
             Command::Subscribe { peers, reply } => self.waiting_subscribes.push((peers, reply)),
+            Command::Call { request, reply } => self.waiting_calls.push((request, reply)),
             Command::Close { reply } => {
                 let _ = reply.send(());
             }
@@ -414,10 +459,61 @@ impl Driver {
                 .map_err(|e| e.to_string())?;
             self.pending.insert(id, Pending::Subscribe(peers, reply));
         }
+        for (request, reply) in std::mem::take(&mut self.waiting_calls) {
+            self.write_call(link, request, reply).await?;
+        }
         let seqs: Vec<u64> = self.unacked.keys().copied().collect();
         for seq in seqs {
             self.write_send(link, seq).await?;
         }
+        Ok(())
+    }
+
+    /// Writes a [`Command::Call`] request; a frame too large is answered at once.
+    async fn write_call(
+        &mut self,
+        link: &mut Link,
+        request: Request,
+        reply: CallReply,
+    ) -> Result<(), String> {
+        let (id, req) = self.request(request);
+        match write_frame(&mut link.send, &req).await {
+            Ok(()) => {
+                self.pending.insert(id, Pending::Call(reply));
+                Ok(())
+            }
+            Err(quickp2p_proto::frame::WriteFrameError::Frame(e)) => {
+                let _ = reply.send(Err(SessionError::TooLarge {
+                    message: e.to_string(),
+                    limit: quickp2p_proto::frame::MAX_FRAME_LEN as u64,
+                }));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = reply.send(Err(SessionError::Unavailable(format!(
+                    "writing to the gateway: {e}"
+                ))));
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Writes one SyncClock request and schedules the next sample.
+    async fn write_clock_sample(&mut self, link: &mut Link) -> Result<(), String> {
+        self.clock_burst = self.clock_burst.saturating_sub(1);
+        self.next_clock = tokio::time::Instant::now()
+            + if self.clock_burst > 0 {
+                CLOCK_BURST_SPACING
+            } else {
+                CLOCK_RESAMPLE
+            };
+        let (id, req) = self.request(Request::SyncClock(v1::SyncClock {
+            client_sent_us: unix_now_us(),
+        }));
+        write_frame(&mut link.send, &req)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.pending.insert(id, Pending::Clock);
         Ok(())
     }
 
@@ -480,6 +576,16 @@ impl Driver {
                             }
                             self.pending.insert(id, Pending::Subscribe(peers, reply));
                         }
+                        Command::Call { request, reply } => {
+                            if let Err(e) = self.write_call(link, request, reply).await {
+                                return Exit::Lost(e);
+                            }
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(self.next_clock) => {
+                    if let Err(e) = self.write_clock_sample(link).await {
+                        return Exit::Lost(e);
                     }
                 }
                 frame = link.reader.read_frame::<v1::GatewayFrame>() => match frame {
@@ -495,7 +601,8 @@ impl Driver {
                     }),
                 },
                 _ = heartbeat.tick() => {
-                    let (id, req) = self.request(Request::Heartbeat(v1::Heartbeat { clock: None }));
+                    let clock = self.network.clock_estimate();
+                    let (id, req) = self.request(Request::Heartbeat(v1::Heartbeat { clock }));
                     if let Err(e) = write_frame(&mut link.send, &req).await {
                         return Exit::Lost(e.to_string());
                     }
@@ -523,18 +630,48 @@ impl Driver {
     }
 
     async fn on_frame(&mut self, frame: v1::GatewayFrame) -> Option<Exit> {
+        let received_at = std::time::Instant::now();
+        let server_time_us = frame.server_time_us;
         match frame.frame? {
             Frame::Response(response) => {
-                let result = response.result?;
                 let pending = self.pending.remove(&response.request_id)?;
+                let Some(result) = response.result else {
+                    if let Pending::Call(reply) = pending {
+                        let _ = reply.send(Err(SessionError::Unavailable("empty answer".into())));
+                    }
+                    return None;
+                };
                 self.on_response(pending, result)
             }
-            Frame::Event(event) => self.on_event(event.event?).await,
+            Frame::Event(event) => {
+                self.on_event(event.event?, server_time_us, received_at)
+                    .await
+            }
         }
     }
 
     fn on_response(&mut self, pending: Pending, result: Res) -> Option<Exit> {
         match (pending, result) {
+            (Pending::Call(reply), Res::Error(e)) => {
+                let _ = reply.send(Err(SessionError::from_detail(&e)));
+            }
+            (Pending::Call(reply), result) => {
+                let _ = reply.send(Ok(result));
+            }
+            (Pending::Clock, Res::ClockSample(sample)) => {
+                let t3 = unix_now_us();
+                if let Ok(mut clock) = self.network.clock.lock() {
+                    clock.add(
+                        sample.client_sent_us,
+                        sample.server_received_us,
+                        sample.server_sent_us,
+                        t3,
+                    );
+                }
+            }
+            (Pending::Heartbeat, Res::Heartbeat(ack)) => {
+                self.network.set_observed(ack.observed_address.as_ref());
+            }
             (Pending::Send(seq), Res::MessageAccepted(a)) => {
                 if let Some(out) = self.unacked.remove(&seq) {
                     let _ = out.reply.send(Ok(MessageReceipt {
@@ -583,8 +720,35 @@ impl Driver {
         None
     }
 
-    async fn on_event(&mut self, event: Event) -> Option<Exit> {
+    async fn on_event(
+        &mut self,
+        event: Event,
+        server_time_us: u64,
+        received_at: std::time::Instant,
+    ) -> Option<Exit> {
         match event {
+            Event::HandshakeOffer(offer) => {
+                let _ = self.handshake.send(HandshakeEvent::Offer(offer));
+            }
+            Event::HandshakeInstruction(instruction) => {
+                let _ = self.handshake.send(HandshakeEvent::Instruction {
+                    instruction,
+                    server_time_us,
+                    received_at,
+                });
+            }
+            Event::RemoteCandidates(candidates) => {
+                let _ = self
+                    .handshake
+                    .send(HandshakeEvent::RemoteCandidates(candidates));
+            }
+            Event::HandshakeClosed(closed) => {
+                let _ = self.handshake.send(HandshakeEvent::Closed(closed));
+            }
+            Event::ClockSyncRequested(request) => {
+                self.clock_burst = request.samples.clamp(1, CLOCK_SAMPLES_MAX);
+                self.next_clock = tokio::time::Instant::now();
+            }
             Event::Message(m) => {
                 let sender = m.sender.as_ref()?;
                 if !m.client_message_id.is_empty()
@@ -635,9 +799,18 @@ impl Driver {
         for (_, reply) in std::mem::take(&mut self.waiting_subscribes) {
             let _ = reply.send(Err(SessionError::Closed(reason.clone())));
         }
+        for (_, reply) in std::mem::take(&mut self.waiting_calls) {
+            let _ = reply.send(Err(SessionError::Closed(reason.clone())));
+        }
         for (_, pending) in self.pending.drain() {
-            if let Pending::Subscribe(_, reply) = pending {
-                let _ = reply.send(Err(SessionError::Closed(reason.clone())));
+            match pending {
+                Pending::Subscribe(_, reply) => {
+                    let _ = reply.send(Err(SessionError::Closed(reason.clone())));
+                }
+                Pending::Call(reply) => {
+                    let _ = reply.send(Err(SessionError::Closed(reason.clone())));
+                }
+                _ => {}
             }
         }
         self.commands.close();

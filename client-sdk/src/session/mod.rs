@@ -42,6 +42,8 @@
 //! [`Session::socket`] sends on the same socket (for STUN, TURN, hole punching).
 
 mod driver;
+mod handshake;
+mod index;
 mod socket;
 mod tls;
 
@@ -55,6 +57,8 @@ pub use quickp2p_proto::v1::{ErrorCode, PeerId, Presence};
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
 
 use crate::identity::Identity;
+pub use handshake::HandshakeEvent;
+pub use index::{PeerInfo, PeerPage, PeerQuery};
 pub use socket::{NonQuicDatagram, SharedSocket};
 
 /// An application's credentials.
@@ -379,6 +383,12 @@ pub(crate) enum Command {
     Close {
         reply: oneshot::Sender<()>,
     },
+    /// A request answered by one response (handshake signalling): sent as is, answered with
+    /// the response's result (an error result becomes the error).
+    Call {
+        request: quickp2p_proto::v1::peer_request::Request,
+        reply: handshake::CallReply,
+    },
 }
 
 /// The QUIC client configuration the session uses for `trust` (TLS 1.3, ALPN `quickp2p/1`, ring
@@ -420,6 +430,10 @@ struct SessionInner {
     presence: broadcast::Sender<PresenceUpdate>,
     socket: Arc<SharedSocket>,
     watched: std::sync::Mutex<HashSet<PeerId>>,
+    /// Handshake events pushed by the gateway.
+    handshake: broadcast::Sender<HandshakeEvent>,
+    /// Observed address and clock estimate, kept up to date by the driver.
+    network: Arc<handshake::NetworkView>,
 }
 
 impl Session {

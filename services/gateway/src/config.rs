@@ -80,6 +80,12 @@ pub struct Config {
     pub advertised_quic: Option<SocketAddr>,
     /// The checkpoint's gRPC URL.
     pub checkpoint_url: String,
+    /// The index's gRPC URL; `None`: the index code runs in this process over the gateway's
+    /// store (same behaviour, no separate index replica needed).
+    pub index_url: Option<String>,
+    /// The handshake's gRPC URL; `None`: the handshake code runs in this process over the
+    /// gateway's store (no relay grants: it has no TURN shared secret).
+    pub handshake_url: Option<String>,
     /// The TLS certificate.
     pub cert: CertSource,
     /// Per-session limits.
@@ -101,6 +107,8 @@ impl Default for Config {
             advertised_grpc: None,
             advertised_quic: None,
             checkpoint_url: DEFAULT_CHECKPOINT_URL.to_owned(),
+            index_url: None,
+            handshake_url: None,
             cert: CertSource::SelfSigned,
             limits: Limits::default(),
             route_ttl: Duration::from_secs(90),
@@ -168,6 +176,13 @@ pub struct Args {
     /// The checkpoint's gRPC URL. [default: http://127.0.0.1:50052]
     #[arg(long, env = "QP_GATEWAY_CHECKPOINT_URL", value_name = "URL")]
     pub checkpoint_url: Option<String>,
+    /// The index's gRPC URL. [default: none: the index runs inside the gateway, on its store]
+    #[arg(long, env = "QP_GATEWAY_INDEX_URL", value_name = "URL")]
+    pub index_url: Option<String>,
+    /// The handshake's gRPC URL. [default: none: the handshake runs inside the gateway, on its
+    /// store, without relay grants]
+    #[arg(long, env = "QP_GATEWAY_HANDSHAKE_URL", value_name = "URL")]
+    pub handshake_url: Option<String>,
     /// PEM certificate chain; with --key-file. [default: a self-signed certificate]
     #[arg(long, env = "QP_GATEWAY_CERT_FILE", value_name = "PATH")]
     pub cert_file: Option<String>,
@@ -268,6 +283,22 @@ impl Args {
             url_ok(&checkpoint_url),
             format!("{checkpoint_url:?} is not an http:// or https:// URL"),
         );
+        let index_url = self.index_url.clone().filter(|u| !u.trim().is_empty());
+        if let Some(u) = &index_url {
+            errs.check(
+                "--index-url / QP_GATEWAY_INDEX_URL",
+                url_ok(u),
+                format!("{u:?} is not an http:// or https:// URL"),
+            );
+        }
+        let handshake_url = self.handshake_url.clone().filter(|u| !u.trim().is_empty());
+        if let Some(u) = &handshake_url {
+            errs.check(
+                "--handshake-url / QP_GATEWAY_HANDSHAKE_URL",
+                url_ok(u),
+                format!("{u:?} is not an http:// or https:// URL"),
+            );
+        }
         if let Some(u) = &self.advertised_grpc {
             errs.check(
                 "--advertised-grpc / QP_GATEWAY_ADVERTISED_GRPC",
@@ -351,6 +382,8 @@ impl Args {
                 advertised_grpc: self.advertised_grpc.clone(),
                 advertised_quic,
                 checkpoint_url,
+                index_url,
+                handshake_url,
                 cert,
                 limits,
                 route_ttl,

@@ -341,7 +341,14 @@ impl Conn {
             Request::Heartbeat(_)
             | Request::SendMessage(_)
             | Request::SubscribePresence(_)
-            | Request::LookupPeer(_) => {
+            | Request::LookupPeer(_)
+            | Request::PublishAttributes(_)
+            | Request::UnpublishAttributes(_)
+            | Request::QueryPeers(_)
+            | Request::RequestTunnel(_)
+            | Request::ShareCandidates(_)
+            | Request::ReportPunchOutcome(_)
+            | Request::ReportNat(_) => {
                 let max = self.shared.config.limits.max_in_flight;
                 if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
                     self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -357,13 +364,6 @@ impl Conn {
                 }
                 self.spawn_request(id, body);
                 Ok(None)
-            }
-            _ => {
-                reject("unsupported");
-                answer(Res::Error(error(
-                    ErrorCode::Unsupported,
-                    "this gateway does not serve that request yet",
-                )))
             }
         }
     }
@@ -406,9 +406,9 @@ impl Conn {
                 limits: Some(v1::SessionLimits {
                     max_frame_bytes: quickp2p_proto::frame::MAX_FRAME_LEN as u32,
                     max_message_bytes: limits.max_message_bytes,
-                    max_attributes: 0,
-                    max_attribute_key_bytes: 0,
-                    max_attribute_value_bytes: 0,
+                    max_attributes: crate::index::ANNOUNCED.max_attributes,
+                    max_attribute_key_bytes: crate::index::ANNOUNCED.max_key_bytes,
+                    max_attribute_value_bytes: crate::index::ANNOUNCED.max_value_bytes,
                     max_requests_per_second: limits.requests_per_second,
                     max_in_flight_requests: limits.max_in_flight,
                     max_presence_subscriptions: limits.max_presence_subscriptions,
@@ -628,7 +628,62 @@ impl Conn {
                             .await
                             .map(Res::Presence)
                     }
-                    Request::LookupPeer(l) => lookup(&shared, &ctx, l).await.map(Res::PeerRecord),
+                    Request::LookupPeer(l) => crate::index::lookup(&shared.index, &ctx.app, l)
+                        .await
+                        .map(Res::PeerRecord),
+                    Request::PublishAttributes(p) => {
+                        crate::index::publish(&shared.index, &ctx.app, &ctx.peer, p)
+                            .await
+                            .map(Res::PeerRecord)
+                    }
+                    Request::UnpublishAttributes(u) => {
+                        crate::index::unpublish(&shared.index, &ctx.app, &ctx.peer, u)
+                            .await
+                            .map(Res::PeerRecord)
+                    }
+                    Request::QueryPeers(q) => crate::index::query(&shared.index, &ctx.app, q)
+                        .await
+                        .map(Res::QueryResult),
+                    Request::RequestTunnel(r) => {
+                        let caller = crate::handshake::Caller {
+                            app: &ctx.app,
+                            peer: &ctx.peer,
+                            observed: observed.clone(),
+                        };
+                        crate::handshake::request_tunnel(&shared, &caller, r)
+                            .await
+                            .map(Res::TunnelRequested)
+                    }
+                    Request::ShareCandidates(s) => {
+                        let caller = crate::handshake::Caller {
+                            app: &ctx.app,
+                            peer: &ctx.peer,
+                            observed: observed.clone(),
+                        };
+                        crate::handshake::share_candidates(&shared, &caller, s)
+                            .await
+                            .map(Res::Ack)
+                    }
+                    Request::ReportPunchOutcome(r) => {
+                        let caller = crate::handshake::Caller {
+                            app: &ctx.app,
+                            peer: &ctx.peer,
+                            observed: observed.clone(),
+                        };
+                        crate::handshake::report_outcome(&shared, &caller, r)
+                            .await
+                            .map(Res::Ack)
+                    }
+                    Request::ReportNat(r) => {
+                        let caller = crate::handshake::Caller {
+                            app: &ctx.app,
+                            peer: &ctx.peer,
+                            observed: observed.clone(),
+                        };
+                        crate::handshake::report_nat(&shared, &caller, r)
+                            .await
+                            .map(Res::Ack)
+                    }
                     Request::Heartbeat(_) => {
                         let outcome = heartbeat(&shared, &ctx, observed).await;
                         if let Err(detail) = &outcome
@@ -964,38 +1019,4 @@ async fn subscribe(
         }),
         Err(status) => Err(ErrorDetail::from_status(&status)),
     }
-}
-
-async fn lookup(
-    shared: &Shared,
-    ctx: &SessionCtx,
-    l: v1::LookupPeer,
-) -> Result<v1::PeerRecord, ErrorDetail> {
-    let Some(peer) = l.peer.filter(v1::PeerId::is_valid) else {
-        reject("invalid");
-        return Err(error(
-            ErrorCode::Invalid,
-            "lookup_peer.peer must be a 32-byte peer id",
-        ));
-    };
-    let hex_id = peer.to_string();
-    let attributes = match shared.store.get_peer_attributes(&ctx.app, &hex_id).await {
-        Ok(a) => a,
-        Err(e) => return Err(store_unavailable(&e)),
-    };
-    let presence = if attributes.is_some() {
-        v1::Presence::Online
-    } else {
-        v1::Presence::Offline
-    };
-    Ok(v1::PeerRecord {
-        peer: Some(peer),
-        presence: presence as i32,
-        attributes: attributes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(key, value)| v1::Attribute { key, value })
-            .collect(),
-        updated_at_unix_ms: 0,
-    })
 }

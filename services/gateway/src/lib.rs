@@ -31,7 +31,9 @@
 pub mod config;
 mod connection;
 mod deliver;
+mod handshake;
 mod heartbeat;
+mod index;
 mod registry;
 mod remote;
 pub mod tls;
@@ -91,6 +93,12 @@ pub enum BindError {
     /// The checkpoint URL is not usable.
     #[error(transparent)]
     Checkpoint(#[from] remote::EndpointError),
+    /// The index URL is not usable.
+    #[error(transparent)]
+    Index(#[from] index::IndexUrlError),
+    /// The handshake URL is not usable.
+    #[error(transparent)]
+    Handshake(#[from] handshake::HandshakeUrlError),
 }
 
 /// Why [`Gateway::run`] stopped other than by shutdown.
@@ -123,6 +131,10 @@ pub(crate) struct Shared {
     pub(crate) store: Store,
     pub(crate) registry: Registry,
     pub(crate) checkpoint: CheckpointClient<remote::Traced>,
+    /// Where publish/unpublish/lookup/query requests go.
+    pub(crate) index: index::IndexBackend,
+    /// Where tunnel requests, candidates and punch outcomes go.
+    pub(crate) handshake: handshake::HandshakeBackend,
     pub(crate) peers: remote::Peers,
     pub(crate) heartbeats: mpsc::Sender<heartbeat::Beat>,
     pub(crate) stop: Shutdown,
@@ -228,6 +240,12 @@ impl Gateway {
             .clone()
             .unwrap_or_else(|| format!("http://{grpc_addr}"));
         let checkpoint = remote::checkpoint(&config.checkpoint_url)?;
+        let index = index::IndexBackend::new(config.index_url.as_deref(), store.clone())?;
+        let handshake = handshake::HandshakeBackend::new(
+            config.handshake_url.as_deref(),
+            store.clone(),
+            &config.gateway_id,
+        )?;
         let (heartbeats, beats) = mpsc::channel(4096);
         let advertised_quic = config.advertised_quic.unwrap_or(quic);
         Ok(Gateway {
@@ -235,6 +253,8 @@ impl Gateway {
                 registry: Registry::default(),
                 peers: remote::Peers::new(store.clone()),
                 checkpoint,
+                index,
+                handshake,
                 heartbeats,
                 stop: Shutdown::new(),
                 routes: std::sync::Mutex::default(),

@@ -10,7 +10,10 @@
 //!   application created at start so that peers can log in at once;
 //! - the relay (TURN, RFC 8656) on 127.0.0.1:3482, allowing loopback peers (development only);
 //! - one gRPC listener with the gRPC health service and server reflection of `quickp2p.v1`, where
-//!   the other roles' services join as they land;
+//!   the other roles' services join as they land: the index (`quickp2p.v1.Index`, published
+//!   attributes and queries) serves there, and the gateway calls it there;
+//! - the admin API (`quickp2p.v1.Admin` with reflection) on 127.0.0.1:50055, with one read-write
+//!   dev token printed in the banner (or given with `--admin-token`);
 //! - the operations HTTP server (`/healthz`, `/readyz`, `/metrics`) for the whole process.
 //!
 //! [`Supernode::bind`] binds every listener and reports the addresses; [`Supernode::run`] serves
@@ -44,6 +47,11 @@ pub const DEFAULT_GATEWAY_ADDR: SocketAddr =
 /// Default UDP address of the relay's TURN listener (clear of the STUN pair's 3478–3480).
 pub const DEFAULT_RELAY_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3482);
+
+/// Default address of the admin API's gRPC listener. When it is taken and `--admin-addr` was not
+/// given, the admin listens on a free port instead (the banner tells which).
+pub const DEFAULT_ADMIN_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50055);
 
 /// The application the all-in-one creates so that peers can log in at once.
 pub const DEV_APP_ID: &str = "dev";
@@ -82,6 +90,21 @@ pub struct Args {
     /// both 127.0.0.1 (stun-a) and 127.0.0.2 (stun-b).
     #[arg(long, env = "QP_STUN_PORT_BASE", value_name = "PORT")]
     pub stun_port_base: Option<String>,
+
+    /// Address of the admin API's gRPC listener. [default: 127.0.0.1:50055, or a free port when
+    /// that one is taken]
+    #[arg(long, env = "QP_ADMIN_GRPC_ADDR", value_name = "IP:PORT")]
+    pub admin_addr: Option<String>,
+
+    /// The admin API's read-write token (24+ printable characters) [default: a random one,
+    /// printed in the banner]
+    #[arg(
+        long,
+        env = "QP_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
 }
 
 /// The typed configuration of the all-in-one process.
@@ -97,6 +120,12 @@ pub struct Config {
     pub gateway_addr: SocketAddr,
     /// The relay's TURN listener.
     pub relay_addr: SocketAddr,
+    /// The admin API's gRPC listener; `None` = [`DEFAULT_ADMIN_ADDR`] or a free port.
+    pub admin_addr: Option<SocketAddr>,
+    /// The admin API's read-write dev token (named `dev`).
+    pub admin_token: quickp2p_admin::AdminToken,
+    /// The same token as text, for the banner.
+    pub admin_token_text: String,
 }
 
 impl Args {
@@ -134,13 +163,38 @@ impl Args {
             self.relay_addr.as_deref(),
             DEFAULT_RELAY_ADDR,
         );
+        let admin_addr = self.admin_addr.as_deref().map(|raw| {
+            errs.socket_addr(
+                "--admin-addr / QP_ADMIN_GRPC_ADDR",
+                Some(raw),
+                DEFAULT_ADMIN_ADDR,
+            )
+        });
+        let admin_token_text = self.admin_token.clone().unwrap_or_else(random_secret);
+        let admin_token = quickp2p_admin::AdminToken::new(
+            "dev",
+            quickp2p_admin::Access::Write,
+            &admin_token_text,
+        );
+        if let Err(e) = &admin_token {
+            errs.push("--admin-token / QP_ADMIN_TOKEN", e.clone());
+        }
         errs.finish()?;
+        let admin_token = admin_token.map_err(|message| quickp2p_service_kit::ConfigError {
+            errors: vec![quickp2p_service_kit::config::FieldError {
+                name: "--admin-token / QP_ADMIN_TOKEN".into(),
+                message,
+            }],
+        })?;
         Ok(Config {
             service,
             grpc_addr,
             stun_ports,
             gateway_addr,
             relay_addr,
+            admin_addr,
+            admin_token,
+            admin_token_text,
         })
     }
 }
@@ -156,6 +210,10 @@ pub struct Supernode {
     checkpoint: quickp2p_checkpoint::Checkpoint,
     gateway: quickp2p_gateway::Gateway,
     relay: quickp2p_relay::Relay,
+    admin: quickp2p_admin::Admin,
+    /// The handshake service, served on the shared gRPC listener.
+    handshake:
+        quickp2p_proto::v1::handshake_server::HandshakeServer<quickp2p_handshake::HandshakeService>,
     /// `None` while the store cannot be reached: created in the background then.
     dev_app: Option<quickp2p_checkpoint::DevApplication>,
 }
@@ -177,6 +235,8 @@ pub struct Addresses {
     pub gateway: quickp2p_gateway::Addresses,
     /// The relay: TURN listener and gRPC control.
     pub relay: quickp2p_relay::Addresses,
+    /// The admin API's gRPC listener.
+    pub admin: SocketAddr,
 }
 
 /// Opens the configured store. Redis is connected lazily and reconnects by itself, so a Redis
@@ -239,6 +299,10 @@ impl Supernode {
         let checkpoint_url = format!("http://{}", checkpoint.addresses().grpc);
         let mut gateway_config = quickp2p_gateway::Config::loopback(checkpoint_url);
         gateway_config.udp_addr = config.gateway_addr;
+        // the index serves on the shared gRPC listener (see `run`)
+        gateway_config.index_url = Some(format!("http://{}", grpc.local_addr()?));
+        // so does the handshake
+        gateway_config.handshake_url = Some(format!("http://{}", grpc.local_addr()?));
         let gateway = quickp2p_gateway::Gateway::bind(gateway_config, store.clone())
             .with_context(|| {
                 format!(
@@ -249,7 +313,17 @@ impl Supernode {
             .with_readiness(&readiness);
         // The TURN shared secret lives as long as the process: the handshake service of this
         // process will mint relay credentials with it.
-        let mut relay_config = quickp2p_relay::Config::loopback_dev(random_secret());
+        let relay_secret = random_secret();
+        let mut handshake_config = quickp2p_handshake::Config::loopback();
+        handshake_config.relay_shared_secret = Some(
+            quickp2p_relay::credentials::SharedSecret::new(&relay_secret),
+        );
+        let handshake = quickp2p_handshake::Handshake::grpc_service(
+            store.clone(),
+            handshake_config,
+            &config.service.replica_id,
+        );
+        let mut relay_config = quickp2p_relay::Config::loopback_dev(relay_secret);
         relay_config.listen = config.relay_addr;
         relay_config.control_addr = SocketAddr::new(
             config.relay_addr.ip(),
@@ -266,6 +340,9 @@ impl Supernode {
                     config.relay_addr
                 )
             })?
+            .with_readiness(&readiness);
+        let admin = bind_admin(&config, store.clone())
+            .await?
             .with_readiness(&readiness);
         // A Redis that is down at start makes the process not-ready, not dead: the application
         // is then created in the background once the store answers (see `run`).
@@ -297,6 +374,8 @@ impl Supernode {
             checkpoint,
             gateway,
             relay,
+            admin,
+            handshake,
             dev_app,
         })
     }
@@ -311,6 +390,7 @@ impl Supernode {
             checkpoint: self.checkpoint.addresses().grpc,
             gateway: self.gateway.addresses(),
             relay: self.relay.addresses(),
+            admin: self.admin.grpc_addr(),
         })
     }
 
@@ -350,8 +430,10 @@ impl Supernode {
              \x20 checkpoint  {checkpoint}   (gRPC)\n\
              \x20 dev app     {dev_app}\n\
              \x20 grpc        {grpc}   (grpc.health.v1, server reflection of quickp2p.v1)\n\
+             \x20 index       {grpc}   (gRPC quickp2p.v1.Index; the gateway serves publish/find through it)\n\
              \x20 relay       {relay}   (TURN over UDP, control {relay_ctl}; loopback peers allowed)\n\
-             \x20 not yet     index, admin, handshake (they join as they land)\n\
+             \x20 admin       {admin}   (gRPC quickp2p.v1.Admin + reflection; read-write dev token {admin_token})\n\
+             \x20 handshake   {grpc}   (gRPC quickp2p.v1.Handshake; tunnel negotiation, grants on this relay)\n\
              \x20 ops         http://{ops}   (/healthz /readyz /metrics)\n\
              Ctrl-C or SIGTERM stops it.",
             version = env!("CARGO_PKG_VERSION"),
@@ -367,6 +449,8 @@ impl Supernode {
             gateway = a.gateway.quic,
             relay = a.relay.turn,
             relay_ctl = a.relay.control,
+            admin = a.admin,
+            admin_token = self.config.admin_token_text,
             fingerprint = self.gateway.fingerprint_hex(),
             checkpoint = a.checkpoint,
             dev_app = match &self.dev_app {
@@ -391,6 +475,11 @@ impl Supernode {
 
         let grpc_shutdown = shutdown.clone();
         let grpc_listener = self.grpc;
+        let index = quickp2p_index::Index::grpc_service(
+            self.store.clone(),
+            quickp2p_index::Config::loopback(),
+        );
+        let handshake = self.handshake;
         let grpc = tokio::spawn(
             async move {
                 grpc_ready.set(true);
@@ -398,6 +487,8 @@ impl Supernode {
                     .layer(telemetry::GrpcTraceLayer)
                     .add_service(health_service)
                     .add_service(reflection)
+                    .add_service(index)
+                    .add_service(handshake)
                     .serve_with_incoming_shutdown(
                         tonic::transport::server::TcpIncoming::from(grpc_listener),
                         async move {
@@ -422,6 +513,7 @@ impl Supernode {
         }
         let checkpoint = tokio::spawn(self.checkpoint.run(shutdown.clone()).in_current_span());
         let relay = tokio::spawn(self.relay.run(shutdown.clone()).in_current_span());
+        let admin = tokio::spawn(self.admin.run(shutdown.clone()).in_current_span());
         let gateway = tokio::spawn(self.gateway.run(shutdown.clone()).in_current_span());
         let [stun_a, stun_b] = self.stun;
         let stun_a = tokio::spawn(stun_a.run(shutdown.clone()).in_current_span());
@@ -436,11 +528,15 @@ impl Supernode {
             let checkpoint = checkpoint.await;
             let gateway = gateway.await;
             let relay = relay.await;
-            (grpc, ops, stun, checkpoint, gateway, relay)
+            let admin = admin.await;
+            (grpc, ops, stun, checkpoint, gateway, relay, admin)
         })
         .await;
         match drained {
-            Ok((grpc, ops, stun, checkpoint, gateway, relay)) => {
+            Ok((grpc, ops, stun, checkpoint, gateway, relay, admin)) => {
+                admin
+                    .context("admin task failed")?
+                    .context("admin failed")?;
                 relay
                     .context("relay task failed")?
                     .context("relay failed")?;
@@ -466,6 +562,35 @@ impl Supernode {
             ),
         }
         Ok(())
+    }
+}
+
+/// Binds the admin API: on `--admin-addr` exactly, else on [`DEFAULT_ADMIN_ADDR`] or, when that
+/// port is taken (another supernode, a test), on a free port.
+async fn bind_admin(config: &Config, store: Store) -> anyhow::Result<quickp2p_admin::Admin> {
+    let tokens = quickp2p_admin::Tokens::from_tokens(vec![config.admin_token.clone()])
+        .map_err(anyhow::Error::msg)?;
+    let admin_config = |addr: SocketAddr| quickp2p_admin::Config {
+        grpc_addr: addr,
+        tokens: tokens.clone(),
+        replica_id: config.service.replica_id.clone(),
+        ..quickp2p_admin::Config::default()
+    };
+    let wanted = config.admin_addr.unwrap_or(DEFAULT_ADMIN_ADDR);
+    match quickp2p_admin::Admin::bind(admin_config(wanted), store.clone()).await {
+        Ok(admin) => Ok(admin),
+        Err(quickp2p_admin::BindError::Grpc { source, .. })
+            if config.admin_addr.is_none() && source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            let free = SocketAddr::new(wanted.ip(), 0);
+            tracing::warn!(%wanted, "the admin API's default port is taken; using a free one");
+            quickp2p_admin::Admin::bind(admin_config(free), store)
+                .await
+                .context("cannot start the admin API")
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!("cannot start the admin API on {wanted} (choose another with --admin-addr)")
+        }),
     }
 }
 
