@@ -12,7 +12,9 @@
 //! * [`classify`](mod@classify): first-byte demultiplexing of one UDP socket shared by STUN, QUIC
 //!   and TURN (RFC 7983 / RFC 9443);
 //! * [`nat`]: the RFC 5780 NAT behaviour discovery state machine ([`NatDiscovery`]) and
-//!   the [`NatReport`] it produces.
+//!   the [`NatReport`] it produces;
+//! * [`probe`]: authenticated hole-punching probes, ICE-style connectivity checks keyed with a
+//!   handshake's probe key ([`probe::ProbeCodec`]).
 //!
 //! Parsing never panics and never allocates: every decoder borrows its input and
 //! bounds how much it looks at (see [`stun::MAX_ATTRIBUTES`]); malformed input is a
@@ -22,6 +24,7 @@
 pub mod channel_data;
 pub mod classify;
 pub mod nat;
+pub mod probe;
 pub mod stun;
 
 pub use channel_data::{ChannelData, ChannelDataError, ChannelDataPadding, ChannelNumber};
