@@ -21,7 +21,10 @@
 
 pub mod identity;
 pub mod nat;
+pub mod p2p;
+pub mod punch;
 pub mod relay;
 pub mod session;
+pub mod tunnel;
 
 pub use quickp2p_wire as wire;

@@ -7,18 +7,24 @@
 
 use std::path::PathBuf;
 
-/// The path of workspace binary `name` in the profile directory the running test was built in
-/// (`target/debug` for `cargo test`).
+/// The path of workspace binary `name` in the profile directory the running test or program was
+/// built in (`target/debug` for `cargo test`, `target/release` for a release benchmark).
 ///
 /// # Errors
 /// A message saying how to build it, when it is not there.
 pub fn workspace_binary(name: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate the test binary: {e}"))?;
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let profile_dir = exe
+    // a test: target/<profile>/deps/<test> → target/<profile>/<name>;
+    // a program (benchmark): target/<profile>/<program> → target/<profile>/<name>
+    let dir = exe
         .parent()
-        .and_then(|deps| deps.parent())
-        .ok_or_else(|| format!("unexpected test binary location {}", exe.display()))?;
+        .ok_or_else(|| format!("unexpected binary location {}", exe.display()))?;
+    let profile_dir = if dir.file_name().is_some_and(|name| name == "deps") {
+        dir.parent()
+            .ok_or_else(|| format!("unexpected test binary location {}", exe.display()))?
+    } else {
+        dir
+    };
     let path = profile_dir.join(name);
     if path.is_file() {
         Ok(path)

@@ -1,5 +1,6 @@
 //! The README's main command, `quickp2p-demo`, does what it says: it brings up the network, its
-//! peers get their NAT reports, log in and message each other, and it stops cleanly.
+//! peers get their NAT reports, log in, message each other and open a tunnel, and it stops
+//! cleanly.
 
 #![allow(clippy::unwrap_used)]
 
@@ -44,5 +45,11 @@ fn demo_runs_the_network_and_its_peers() {
         stdout.contains("peer 2: got \"hello from peer 1\""),
         "{stdout}"
     );
+    // Peer 1 opened a tunnel to peer 2 (direct on loopback) and echoed data through it.
+    assert!(
+        stdout.contains("peer 1 -> peer 2: tunnel Direct(127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("64 KiB echoed"), "{stdout}");
     assert!(stdout.contains("2 of 2 peers done"), "{stdout}");
 }
