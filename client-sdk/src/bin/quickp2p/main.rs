@@ -1,10 +1,14 @@
 //! `quickp2p`: the quickP2P command-line peer.
 //!
-//! Subcommands (more arrive with later features: `tunnel`, …):
+//! Subcommands:
 //!
 //! * `nat-report`: measure this host's NAT against a STUN server pair (RFC 5780).
 //! * `keygen`: make a peer key file and print the peer id.
 //! * `chat`: log in through a gateway and chat with one peer.
+//! * `publish`: publish attributes and stay online (they expire with the presence).
+//! * `find`: look a peer up by id, or find peers by attribute (equality or prefix).
+//! * `send-file`, `recv-file`: send a file over a tunnel (direct or relayed), verified by SHA-256.
+//! * `tunnel`: a line pipe over a tunnel to one peer.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error.
 
@@ -13,8 +17,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod chat;
+mod index;
 mod keygen;
 mod nat_report;
+mod tunnel;
 
 /// quickP2P command-line peer.
 #[derive(Debug, Parser)]
@@ -34,6 +40,18 @@ enum Command {
     Keygen(keygen::Args),
     /// Log in through a gateway and chat with one peer (lines in, messages out).
     Chat(chat::Args),
+    /// Log in, publish attributes (KEY=VALUE …) and stay online: they are visible to the
+    /// application's peers while this peer is online.
+    Publish(index::PublishArgs),
+    /// Look a peer up by id (--peer), or find online peers by attribute (KEY=VALUE, --prefix).
+    Find(index::FindArgs),
+    /// Open a tunnel to a peer and send it a file (with a progress bar); exits 0 once the
+    /// receiver verified it.
+    SendFile(tunnel::SendArgs),
+    /// Log in, print this peer's id and receive files over incoming tunnels into --dir.
+    RecvFile(tunnel::RecvArgs),
+    /// A line pipe over a tunnel: --to PEER opens it, --listen waits for one.
+    Tunnel(tunnel::PipeArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +72,11 @@ fn main() -> ExitCode {
             Command::NatReport(args) => nat_report::run(args).await,
             Command::Keygen(args) => keygen::run(args),
             Command::Chat(args) => chat::run(args).await,
+            Command::Publish(args) => index::publish(args).await,
+            Command::Find(args) => index::find(args).await,
+            Command::SendFile(args) => tunnel::send_file(args).await,
+            Command::RecvFile(args) => tunnel::recv_file(args).await,
+            Command::Tunnel(args) => tunnel::pipe(args).await,
         }
     });
     match result {
