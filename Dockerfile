@@ -12,7 +12,7 @@ ARG RUST_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS build
-ARG ROLES="stun gateway checkpoint relay supernode"
+ARG ROLES="stun gateway checkpoint relay supernode admin index handshake"
 WORKDIR /src
 COPY . .
 # The caches keep crates and build output between builds; the binaries are copied out of the

@@ -7,9 +7,6 @@ QP_* settings and volumes. One definition per role, read by deployments.yaml as 
   env:     role settings (the chart's part; values' env maps come after and win)
   mounts:  which of the shared volumes it mounts: secrets, gateway-tls
   redis:   whether it gets QP_REDIS_URL (every role but the STUN pair)
-
-Flags of roles whose binaries have not landed yet (handshake, index, admin) and the gateway's
-URLs of them are assumptions, marked "assumed"; settings a binary does not know are ignored by it.
 */}}
 
 {{- define "quickp2p.role.gateway" -}}
@@ -25,11 +22,9 @@ env:
   - {name: QP_GATEWAY_ADVERTISED_GRPC, value: "http://$(QP_POD_IP):{{ $v.ports.deliver }}"}
   - {name: QP_GATEWAY_CHECKPOINT_URL, value: {{ include "quickp2p.grpcUrl" (list . "checkpoint" .Values.checkpoint.ports.grpc) | quote }}}
   {{- if .Values.handshake.enabled }}
-  # assumed: the gateway's handshake client lands with issue 8
   - {name: QP_GATEWAY_HANDSHAKE_URL, value: {{ include "quickp2p.grpcUrl" (list . "handshake" .Values.handshake.ports.grpc) | quote }}}
   {{- end }}
   {{- if .Values.index.enabled }}
-  # assumed: the gateway's index client lands with issue 6
   - {name: QP_GATEWAY_INDEX_URL, value: {{ include "quickp2p.grpcUrl" (list . "index" .Values.index.ports.grpc) | quote }}}
   {{- end }}
   {{- if include "quickp2p.gatewayTlsSecret" . }}
@@ -55,8 +50,8 @@ redis: true
 ports:
   - {name: grpc, containerPort: {{ .Values.handshake.ports.grpc }}, protocol: TCP}
 env:
-  # assumed: the handshake binary lands with issue 8
   - {name: QP_HANDSHAKE_GRPC_ADDR, value: "0.0.0.0:{{ .Values.handshake.ports.grpc }}"}
+  # the relays' TURN shared secret: relay grants are minted with it
   - {name: QP_HANDSHAKE_RELAY_SHARED_SECRET_FILE, value: /etc/quickp2p/secrets/turn-shared-secret}
 mounts: [secrets]
 {{- end }}
@@ -67,7 +62,6 @@ redis: true
 ports:
   - {name: grpc, containerPort: {{ .Values.index.ports.grpc }}, protocol: TCP}
 env:
-  # assumed: the index binary lands with issue 6
   - {name: QP_INDEX_GRPC_ADDR, value: "0.0.0.0:{{ .Values.index.ports.grpc }}"}
 mounts: []
 {{- end }}
@@ -78,9 +72,13 @@ redis: true
 ports:
   - {name: grpc, containerPort: {{ .Values.admin.ports.grpc }}, protocol: TCP}
 env:
-  # assumed: the admin binary lands with issue 6
   - {name: QP_ADMIN_GRPC_ADDR, value: "0.0.0.0:{{ .Values.admin.ports.grpc }}"}
+  # lines `read|write NAME TOKEN` (services/admin/src/tokens.rs)
   - {name: QP_ADMIN_TOKENS_FILE, value: /etc/quickp2p/secrets/admin-tokens}
+  - {name: QP_ADMIN_ADVERTISED_GRPC, value: "http://$(QP_POD_IP):{{ .Values.admin.ports.grpc }}"}
+  {{- if .Values.index.enabled }}
+  - {name: QP_ADMIN_INDEX_URL, value: {{ include "quickp2p.grpcUrl" (list . "index" .Values.index.ports.grpc) | quote }}}
+  {{- end }}
 mounts: [secrets]
 {{- end }}
 
