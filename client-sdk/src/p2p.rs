@@ -41,8 +41,10 @@
 //!
 //! Limits: one gathering or punch runs at a time on the tunnels' socket (attempts queue for it;
 //! QUIC handshakes and relayed setups run in parallel); one relay allocation per relay server is
-//! made on the socket and kept while the [`Tunnels`] live (shared by every relayed tunnel); a
-//! relayed tunnel stays relayed (no later upgrade to a direct path yet).
+//! made on the socket and kept while the [`Tunnels`] live (shared by every relayed tunnel). A
+//! relayed tunnel is moved to a direct path when a later punch on the tunnels' socket succeeds
+//! (the initiator retries 2 s, 12 s and 42 s after it opened; a direct path that the birthday
+//! technique finds on another socket cannot carry an existing tunnel, so that one stays relayed).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -213,6 +215,8 @@ struct Inner {
     relays: Arc<tokio::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<TunnelRelay>>>>,
     /// The last NAT report of the tunnels' socket.
     nat: Mutex<Option<v1::NatReport>>,
+    /// Relayed tunnels by remote peer id, for moving them to a direct path later.
+    relayed: Mutex<std::collections::HashMap<String, quinn::Connection>>,
     accepted_tx: mpsc::Sender<Connected>,
     accepted_rx: tokio::sync::Mutex<mpsc::Receiver<Connected>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -276,6 +280,7 @@ impl Tunnels {
                 exclusive: tokio::sync::Mutex::new(()),
                 relays: Arc::default(),
                 nat: Mutex::new(None),
+                relayed: Mutex::default(),
                 accepted_tx,
                 accepted_rx: tokio::sync::Mutex::new(accepted_rx),
                 tasks: Mutex::new(vec![demux]),
@@ -587,8 +592,11 @@ impl Tunnels {
                                     (endpoint.clone(), Some(endpoint))
                                 }
                             };
+                            // usable once the responder's identity is verified (a refusal
+                            // by the responder shows on first use), half an RTT sooner
                             let config = TunnelConfig::from_schedule(&schedule)
-                                .handshake_timeout(inner.config.direct_handshake_timeout);
+                                .handshake_timeout(inner.config.direct_handshake_timeout)
+                                .await_confirmation(false);
                             match endpoint
                                 .open(
                                     role,
@@ -680,7 +688,7 @@ impl Tunnels {
         };
         let config = TunnelConfig::from_schedule(&schedule)
             .handshake_timeout(inner.config.relayed_handshake_timeout);
-        let tunnel = match inner.endpoint.open(role, remote, route, config).await {
+        let tunnel = match inner.endpoint.open(role, remote.clone(), route, config).await {
             Ok(tunnel) => tunnel,
             Err(e) => return Err(fail(format!("{detail}; relayed QUIC failed: {e}")).await),
         };
@@ -698,6 +706,18 @@ impl Tunnels {
         report.remote_address = Some(peer_relayed.into());
         report.tunnel_ready_after_ms = millis(ready, start_tokio);
         self.report(report).await;
+        // a later punch may find a direct path: the initiator retries, the responder recognises
+        // the retry by its attempt number
+        lock(&inner.relayed).insert(remote.to_string(), tunnel.connection().clone());
+        if role == TunnelRole::Initiator {
+            let task = tokio::spawn(upgrade_later(
+                Arc::downgrade(&self.inner),
+                remote.clone(),
+                instruction.handshake_id.clone(),
+                tunnel.connection().clone(),
+            ));
+            lock(&inner.tasks).push(task);
+        }
         Ok(Connected {
             tunnel,
             kind: PathKind::Relayed,
@@ -709,6 +729,150 @@ impl Tunnels {
             role,
             _endpoint: None,
         })
+    }
+
+    /// The live relayed tunnel with `peer`, if any.
+    fn relayed_with(&self, peer: Option<&PeerId>) -> Option<quinn::Connection> {
+        let peer = peer?.to_string();
+        let mut relayed = lock(&self.inner.relayed);
+        relayed.retain(|_, conn| conn.close_reason().is_none());
+        relayed.get(&peer).cloned()
+    }
+
+    /// Initiator side of moving the relayed tunnel `conn` to a direct path: a new negotiation
+    /// (a retry of `previous`), punched on the tunnels' socket. `Ok(true)` when it moved.
+    async fn try_upgrade(
+        &self,
+        peer: &PeerId,
+        previous: bytes::Bytes,
+        conn: &quinn::Connection,
+    ) -> Result<bool, ConnectError> {
+        let mut events = self.inner.session.handshake_events();
+        let candidates = self.gather().await?;
+        let requested = self
+            .inner
+            .session
+            .request_tunnel(v1::RequestTunnel {
+                target: Some(peer.clone()),
+                candidates,
+                nat_report: self.nat_report(),
+                clock: self.inner.session.clock_estimate(),
+                retry_of: previous,
+            })
+            .await?;
+        let id = requested.handshake_id.to_vec();
+        let (instruction, server_time_us, received_at) = tokio::time::timeout(
+            self.inner.config.open_timeout,
+            wait_instruction(&mut events, &id),
+        )
+        .await
+        .map_err(|_| ConnectError::Timeout(self.inner.config.open_timeout))??;
+        self.upgrade(&instruction, server_time_us, received_at, conn)
+            .await
+    }
+
+    /// Punches per `instruction` on the tunnels' socket and, on success there, moves the relayed
+    /// tunnel `conn` to the punched path (both sides do; QUIC does not notice). Reports the
+    /// outcome. `Ok(true)` when it moved.
+    async fn upgrade(
+        &self,
+        instruction: &v1::HandshakeInstruction,
+        server_time_us: u64,
+        received_at: std::time::Instant,
+        conn: &quinn::Connection,
+    ) -> Result<bool, ConnectError> {
+        let inner = &self.inner;
+        let schedule = instruction.schedule.unwrap_or_default();
+        let start = punch::local_start(
+            schedule.start_at_us,
+            inner.session.clock_estimate().as_ref(),
+            server_time_us,
+            received_at,
+            Duration::ZERO,
+        );
+        let plan = match PunchPlan::from_instruction(instruction, start) {
+            Ok(plan) => plan,
+            Err(e) => {
+                let report = v1::PunchReport {
+                    handshake_id: instruction.handshake_id.clone(),
+                    attempt: instruction.attempt,
+                    outcome: v1::PunchOutcome::Relayed.into(),
+                    detail: truncate(&format!("stays relayed: {e}"), 512),
+                    ..v1::PunchReport::default()
+                };
+                self.report(report).await;
+                return Ok(false);
+            }
+        };
+        let outcome = {
+            let _turn = inner.exclusive.lock().await;
+            let (tx, mut rx) = mpsc::channel(1024);
+            *lock(&inner.sink) = Some(tx);
+            let result = punch::punch(
+                &plan,
+                MainSocket::Shared {
+                    socket: inner.endpoint.socket(),
+                    incoming: &mut rx,
+                },
+            )
+            .await;
+            *lock(&inner.sink) = None;
+            result
+        };
+        let (report, moved) = match outcome {
+            Ok(success) if matches!(success.path.socket, PathSocket::Main) => {
+                let route = crate::tunnel::TunnelRoute::Direct(success.path.remote);
+                let moved = inner
+                    .endpoint
+                    .socket()
+                    .set_route(conn.remote_address(), route);
+                let mut report = punch::punch_report(
+                    &plan,
+                    if moved {
+                        v1::PunchOutcome::Direct
+                    } else {
+                        v1::PunchOutcome::Relayed
+                    },
+                    &success.stats,
+                    Some(&success.path),
+                    if moved {
+                        ""
+                    } else {
+                        "the tunnel closed meanwhile"
+                    },
+                );
+                report.tunnel_ready_after_ms = millis(Instant::now(), Instant::from_std(start));
+                (report, moved)
+            }
+            Ok(success) => (
+                punch::punch_report(
+                    &plan,
+                    v1::PunchOutcome::Relayed,
+                    &success.stats,
+                    None,
+                    "the direct path is on another socket: the tunnel stays relayed",
+                ),
+                false,
+            ),
+            Err(e) => {
+                let detail = format!("stays relayed: {e}");
+                let report = match e.stats() {
+                    Some(stats) => {
+                        punch::punch_report(&plan, v1::PunchOutcome::Relayed, stats, None, &detail)
+                    }
+                    None => v1::PunchReport {
+                        handshake_id: instruction.handshake_id.clone(),
+                        attempt: instruction.attempt,
+                        outcome: v1::PunchOutcome::Relayed.into(),
+                        detail: truncate(&detail, 512),
+                        ..v1::PunchReport::default()
+                    },
+                };
+                (report, false)
+            }
+        };
+        self.report(report).await;
+        Ok(moved)
     }
 
     /// Reports a failed attempt and turns `why` into the error.
@@ -770,6 +934,19 @@ impl Tunnels {
                 return;
             }
         };
+        if instruction.attempt > 1
+            && let Some(conn) = self.relayed_with(instruction.remote_peer.as_ref())
+        {
+            match self
+                .upgrade(&instruction, server_time_us, received_at, &conn)
+                .await
+            {
+                Ok(true) => tracing::info!("relayed tunnel moved to a direct path"),
+                Ok(false) => tracing::debug!("relayed tunnel stays relayed"),
+                Err(e) => tracing::info!(error = %e, "upgrade attempt failed"),
+            }
+            return;
+        }
         match self
             .attempt(instruction, server_time_us, received_at, events, called)
             .await
@@ -780,6 +957,41 @@ impl Tunnels {
                 }
             }
             Err(e) => tracing::info!(error = %e, "incoming tunnel failed"),
+        }
+    }
+}
+
+/// When later punches toward a relayed tunnel's peer are tried (after the tunnel opened).
+const UPGRADE_AFTER: [Duration; 3] = [
+    Duration::from_secs(2),
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+];
+
+/// Tries to move the relayed tunnel `conn` (to `peer`, first negotiated as `previous`) to a
+/// direct path a few times, until it moves or closes.
+async fn upgrade_later(
+    weak: std::sync::Weak<Inner>,
+    peer: PeerId,
+    previous: bytes::Bytes,
+    conn: quinn::Connection,
+) {
+    for delay in UPGRADE_AFTER {
+        tokio::time::sleep(delay).await;
+        if conn.close_reason().is_some() {
+            return;
+        }
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let tunnels = Tunnels { inner };
+        match tunnels.try_upgrade(&peer, previous.clone(), &conn).await {
+            Ok(true) => {
+                tracing::info!(%peer, "relayed tunnel moved to a direct path");
+                return;
+            }
+            Ok(false) => tracing::debug!(%peer, "relayed tunnel stays relayed for now"),
+            Err(e) => tracing::debug!(%peer, error = %e, "no later punch"),
         }
     }
 }

@@ -167,3 +167,73 @@ fn a_tunnel_outlives_every_supernode_process_and_redis() {
         );
     }
 }
+
+/// A tunnel that had to open through the relay (direct traffic between the peers blocked in the
+/// WAN) moves to a direct path by itself once a later punch gets through; data keeps flowing.
+#[test]
+fn a_relayed_tunnel_moves_to_a_direct_path_when_a_later_punch_succeeds() {
+    let Some((lab, _net, mut peers)) = setup(&[NatKind::PortRestricted, NatKind::Restricted])
+    else {
+        return;
+    };
+    let wan = lab.wan();
+    wan.run("nft", &["add", "table", "ip", "qpblock"]).unwrap();
+    wan.run(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "ip",
+            "qpblock",
+            "blockpeers",
+            "{ type filter hook forward priority -5 ; policy accept ; }",
+        ],
+    )
+    .unwrap();
+    wan.run(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "ip",
+            "qpblock",
+            "blockpeers",
+            "ip",
+            "saddr",
+            "198.51.100.0/24",
+            "ip",
+            "daddr",
+            "198.51.100.0/24",
+            "drop",
+        ],
+    )
+    .unwrap();
+    let (first, second) = peers.split_at_mut(1);
+    let (a, b) = (&mut first[0], &mut second[0]);
+    let opened = a.open_to(b).unwrap();
+    assert_eq!(opened.kind, "relayed", "{}", opened.line);
+    a.exchange(&opened.number).unwrap();
+    wan.run("nft", &["delete", "table", "ip", "qpblock"])
+        .unwrap();
+
+    // the initiator punches again 2 s after opening (then 10 s, 30 s later)
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let path = |peer: &mut TunnelPeer, n: &str| {
+        peer.proc.say(&format!("path {n}")).unwrap();
+        peer.proc
+            .wait_for("PATH ", Duration::from_secs(10))
+            .unwrap()
+    };
+    loop {
+        let (pa, pb) = (path(a, &opened.number), path(b, "1"));
+        if pa.starts_with("PATH Direct(") && pb.starts_with("PATH Direct(") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not direct after 30 s: {pa} / {pb}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    a.exchange(&opened.number).unwrap();
+}

@@ -134,6 +134,11 @@ pub struct TunnelConfig {
     /// sent again (e.g. when the initiator starts before the responder waits). Use the punch's
     /// measured RTT when known [default: 333 ms, RFC 9002's].
     pub initial_rtt: Duration,
+    /// Whether the initiator's [`TunnelEndpoint::connect`] waits for the responder's
+    /// HANDSHAKE_DONE (half a round trip more) so that a responder refusing our key is reported
+    /// by `connect` itself; without it the tunnel is returned as soon as the responder's identity
+    /// is verified and 1-RTT keys exist (a refusal then shows on first use) [default: true].
+    pub await_confirmation: bool,
 }
 
 impl Default for TunnelConfig {
@@ -143,6 +148,7 @@ impl Default for TunnelConfig {
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             initial_rtt: Duration::from_millis(333),
+            await_confirmation: true,
         }
     }
 }
@@ -184,6 +190,13 @@ impl TunnelConfig {
     #[must_use]
     pub fn initial_rtt(mut self, rtt: Duration) -> TunnelConfig {
         self.initial_rtt = rtt;
+        self
+    }
+
+    /// Sets whether `connect` waits for the responder's confirmation.
+    #[must_use]
+    pub fn await_confirmation(mut self, wait: bool) -> TunnelConfig {
+        self.await_confirmation = wait;
         self
     }
 
@@ -393,7 +406,9 @@ impl TunnelEndpoint {
         // the server's HANDSHAKE_DONE, so a refusal is reported here and not on first use
         let handshake = async {
             let conn = connecting.await?;
-            confirmed(&conn).await?;
+            if config.await_confirmation {
+                confirmed(&conn).await?;
+            }
             Ok::<_, TunnelError>(conn)
         };
         let conn = tokio::time::timeout(config.handshake_timeout, handshake)
