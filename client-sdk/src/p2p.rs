@@ -688,7 +688,11 @@ impl Tunnels {
         };
         let config = TunnelConfig::from_schedule(&schedule)
             .handshake_timeout(inner.config.relayed_handshake_timeout);
-        let tunnel = match inner.endpoint.open(role, remote.clone(), route, config).await {
+        let tunnel = match inner
+            .endpoint
+            .open(role, remote.clone(), route, config)
+            .await
+        {
             Ok(tunnel) => tunnel,
             Err(e) => return Err(fail(format!("{detail}; relayed QUIC failed: {e}")).await),
         };
