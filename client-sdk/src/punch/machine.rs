@@ -9,7 +9,8 @@
 //! # Checks and selection (RFC 8445 §7.2, simplified)
 //! A *pair* is (local socket, remote address). The pairs are the main socket × every remote
 //! candidate address (host, reflexive, each port of a predicted span), and with port prediction
-//! every extra socket × the remote reflexive candidate (birthday side) and the main socket ×
+//! every extra socket × the remote reflexive candidates (birthday side, at most
+//! [`MAX_BIRTHDAY_TARGETS`], one whose port is also a host candidate's first) and the main socket ×
 //! `remote_probe_count` random ports of the remote reflexive IP (spray side). From the start time,
 //! every pair gets a check (an authenticated Binding request, see
 //! [`quickp2p_wire::probe`]) every probe interval, candidate pairs before birthday and spray
@@ -43,7 +44,8 @@
 //! openers go out as one burst as soon as the machine exists (before the start: they never reach
 //! the other side, and mappings opened early cannot be taken by the far side's spray arriving
 //! first), then every [`OPENER_REFRESH`] to keep the mappings. Rate bound: the burst — one opener
-//! per extra socket, at most [`MAX_LOCAL_SOCKETS`](super::MAX_LOCAL_SOCKETS) datagrams that leave
+//! per birthday pair, i.e. per extra socket and remote reflexive candidate, at most
+//! [`MAX_LOCAL_SOCKETS`](super::MAX_LOCAL_SOCKETS) × [`MAX_BIRTHDAY_TARGETS`] datagrams that leave
 //! no further than the local NATs — is not counted against `max_probes_per_second`; refreshes
 //! and everything else are. Once an extra socket receives an authenticated probe it is *live*:
 //! it answers and checks like the main socket, at the normal TTL, and its birthday pair joins the
@@ -72,6 +74,8 @@ const CONFIRMATIONS: usize = 2;
 const MAX_NOMINATIONS: u32 = 10;
 /// Flag bit in the transaction id: the check nominated its pair.
 const NOMINATING: u8 = 0x01;
+/// Most remote reflexive candidates each extra socket of the birthday side probes.
+pub const MAX_BIRTHDAY_TARGETS: usize = 4;
 /// How often an extra socket that has heard nothing yet re-sends its opener (conntrack keeps an
 /// unreplied UDP flow 30 s; home routers often less).
 pub const OPENER_REFRESH: Duration = Duration::from_secs(1);
@@ -420,23 +424,42 @@ impl Punch {
         let Some(reflexive) = reflexive else {
             return;
         };
-        // birthday side: every extra socket probes the remote reflexive candidate
+        // birthday side: every extra socket probes the remote reflexive candidates (several when
+        // the other side announced mappings of several of its sockets; the one whose port is also
+        // a host candidate's, which a port-preserving NAT kept, first)
+        let host_ports: HashSet<u16> = plan
+            .remote_candidates
+            .iter()
+            .filter(|c| c.kind == v1::CandidateKind::Host)
+            .map(|c| c.address.port())
+            .collect();
+        let mut targets: Vec<SocketAddr> = Vec::new();
+        for c in &plan.remote_candidates {
+            let address = canonical(c.address);
+            if c.kind == v1::CandidateKind::Reflexive && !targets.contains(&address) {
+                targets.push(address);
+            }
+        }
+        targets.sort_by_key(|t| !host_ports.contains(&t.port()));
+        targets.truncate(MAX_BIRTHDAY_TARGETS);
+        if targets.is_empty() {
+            targets.push(reflexive);
+        }
         self.extra_sockets = usize::from(prediction.local_socket_count);
         self.stats.extra_sockets = prediction.local_socket_count;
         let openers = self.opener_ttl > 0;
         self.heard.resize(self.extra_sockets + 1, !openers);
         let class = if openers { Class::Opener } else { Class::Wide };
         for socket in 1..=self.extra_sockets {
-            if let Some(index) = self.add_pair(
-                socket,
-                reflexive,
-                v1::CandidateKind::Reflexive,
-                false,
-                class,
-            ) {
-                // the burst goes out now, before the start
-                self.opener_queue.push(Reverse((now, index)));
-                self.opener_burst += 1;
+            for target in &targets {
+                if let Some(index) =
+                    self.add_pair(socket, *target, v1::CandidateKind::Reflexive, false, class)
+                    && openers
+                {
+                    // the burst goes out now, before the start
+                    self.opener_queue.push(Reverse((now, index)));
+                    self.opener_burst += 1;
+                }
             }
         }
         // spray side: random distinct ports of the remote reflexive IP from the main socket

@@ -39,8 +39,8 @@ pub use driver::{
     MainSocket, PathSocket, PunchError, PunchSuccess, PunchedPath, punch, punch_report,
 };
 pub use machine::{
-    Disposition, OPENER_REFRESH, Punch, PunchState, PunchStats, RejectedProbes, SelectedPair,
-    Transmit,
+    Disposition, MAX_BIRTHDAY_TARGETS, OPENER_REFRESH, Punch, PunchState, PunchStats,
+    RejectedProbes, SelectedPair, Transmit,
 };
 pub use plan::{
     DEFAULT_MAX_PROBES_PER_SECOND, DEFAULT_OPENER_TTL, DEFAULT_PROBE_INTERVAL, MAX_BUDGET,

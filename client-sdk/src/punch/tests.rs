@@ -1144,3 +1144,38 @@ fn opener_ttl_comes_from_the_plan_bounded() {
     high.opener_ttl = 200;
     assert_eq!(high.checked().unwrap().opener_ttl, MAX_OPENER_TTL);
 }
+
+#[test]
+fn extra_sockets_open_toward_every_reflexive_candidate_the_tunnel_socket_first() {
+    // the other side announced the mappings of two of its sockets; the one whose port its host
+    // candidate has (a port-preserving NAT) is its punching socket
+    let t0 = Instant::now();
+    let plan = PunchPlan {
+        remote_candidates: vec![
+            candidate(v1::CandidateKind::Reflexive, "198.51.100.22:42212"),
+            candidate(v1::CandidateKind::Reflexive, "198.51.100.22:59929"),
+            candidate(v1::CandidateKind::Host, "10.2.0.2:59929"),
+        ],
+        ..birthday_plan(t0, 4, 1000, 2)
+    }
+    .checked()
+    .unwrap();
+    let mut punch = Punch::new(&plan, 6, t0).unwrap();
+    let mut burst = Vec::new();
+    while let Some(t) = punch.poll_transmit(t0) {
+        burst.push(t);
+    }
+    assert_eq!(burst.len(), 8, "{burst:?}");
+    for socket in 1..=4 {
+        let targets: Vec<SocketAddr> = burst
+            .iter()
+            .filter(|t| t.socket == socket)
+            .map(|t| t.destination)
+            .collect();
+        assert_eq!(
+            targets,
+            [addr("198.51.100.22:59929"), addr("198.51.100.22:42212")]
+        );
+    }
+    assert!(burst.iter().all(|t| t.ttl == Some(2)));
+}
