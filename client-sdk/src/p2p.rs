@@ -82,6 +82,9 @@ pub struct TunnelsConfig {
     pub direct_handshake_timeout: Duration,
     /// Time the QUIC handshake gets through the relay [default: 8 s].
     pub relayed_handshake_timeout: Duration,
+    /// IP TTL of the birthday side's opener packets: enough to pass this peer's own NAT(s), too
+    /// little to reach the far NAT (2 = one NAT; 3 behind a carrier NAT) [default: 2].
+    pub opener_ttl: u8,
 }
 
 impl Default for TunnelsConfig {
@@ -93,6 +96,7 @@ impl Default for TunnelsConfig {
             open_timeout: Duration::from_secs(30),
             direct_handshake_timeout: Duration::from_secs(3),
             relayed_handshake_timeout: Duration::from_secs(8),
+            opener_ttl: punch::DEFAULT_OPENER_TTL,
         }
     }
 }
@@ -121,6 +125,13 @@ impl TunnelsConfig {
     #[must_use]
     pub fn accept_offers(mut self, accept: bool) -> TunnelsConfig {
         self.accept_offers = accept;
+        self
+    }
+
+    /// Sets the TTL of the birthday side's opener packets (see [`TunnelsConfig::opener_ttl`]).
+    #[must_use]
+    pub fn opener_ttl(mut self, ttl: u8) -> TunnelsConfig {
+        self.opener_ttl = ttl;
         self
     }
 
@@ -555,7 +566,8 @@ impl Tunnels {
             v1::HandshakeStrategy::Direct | v1::HandshakeStrategy::PortPrediction
         ) {
             match PunchPlan::from_instruction(&instruction, start) {
-                Ok(plan) => {
+                Ok(mut plan) => {
+                    plan.opener_ttl = inner.config.opener_ttl;
                     let outcome = {
                         let _turn = inner.exclusive.lock().await;
                         let (tx, mut rx) = mpsc::channel(1024);
@@ -795,7 +807,10 @@ impl Tunnels {
             Duration::ZERO,
         );
         let plan = match PunchPlan::from_instruction(instruction, start) {
-            Ok(plan) => plan,
+            Ok(mut plan) => {
+                plan.opener_ttl = inner.config.opener_ttl;
+                plan
+            }
             Err(e) => {
                 let report = v1::PunchReport {
                     handshake_id: instruction.handshake_id.clone(),

@@ -265,8 +265,11 @@ fn app_of(app: Option<&v1::AppId>) -> Result<String, HandshakeError> {
     }
 }
 
-/// The other side's candidates as the receiver of an instruction gets them: its own plus the
-/// gateway-observed reflexive address, highest priority first, at most [`MAX_CANDIDATES`].
+/// The other side's candidates as the receiver of an instruction gets them: its own, plus the
+/// gateway-observed reflexive address when it announced no reflexive candidate itself (the
+/// gateway sees the session's socket, which need not be the socket the peer punches from: an SDK
+/// that gathers its own reflexive candidates knows better), highest priority first, at most
+/// [`MAX_CANDIDATES`].
 fn remote_candidates(party: &v1::HandshakeParty) -> Vec<v1::Candidate> {
     let mut out: Vec<v1::Candidate> = party
         .candidates
@@ -274,7 +277,9 @@ fn remote_candidates(party: &v1::HandshakeParty) -> Vec<v1::Candidate> {
         .filter(|c| c.kind() != v1::CandidateKind::Unspecified)
         .cloned()
         .collect();
-    if let Some(observed) = &party.gateway_observed_address
+    let has_reflexive = out.iter().any(|c| c.kind() == v1::CandidateKind::Reflexive);
+    if !has_reflexive
+        && let Some(observed) = &party.gateway_observed_address
         && SocketAddr::try_from(observed).is_ok()
         && !out.iter().any(|c| c.address.as_ref() == Some(observed))
     {
@@ -1239,7 +1244,7 @@ mod tests {
     }
 
     #[test]
-    fn remote_candidates_add_the_observed_address_and_sort() {
+    fn remote_candidates_add_the_observed_address_only_without_a_reflexive_one() {
         let party = v1::HandshakeParty {
             candidates: vec![
                 cand(
@@ -1258,10 +1263,18 @@ mod tests {
             ),
             ..v1::HandshakeParty::default()
         };
+        // the peer announced a reflexive candidate of its own: the gateway's view (of another
+        // socket, possibly) is not added
         let out = remote_candidates(&party);
-        assert_eq!(out.len(), 3, "unknown kinds dropped, observed added");
+        assert_eq!(out.len(), 2, "unknown kinds dropped, observed not added");
         assert_eq!(out[0].kind(), v1::CandidateKind::Host);
-        assert_eq!(out[2].priority, OBSERVED_PRIORITY);
+        // without one, the observed address is the reflexive candidate
+        let mut host_only = party.clone();
+        host_only.candidates.remove(0);
+        let out = remote_candidates(&host_only);
+        assert_eq!(out.len(), 2, "unknown kinds dropped, observed added");
+        assert_eq!(out[1].priority, OBSERVED_PRIORITY);
+        assert_eq!(out[1].kind(), v1::CandidateKind::Reflexive);
         // an observed address already among the candidates is not repeated
         let mut same = party.clone();
         same.gateway_observed_address = Some(
