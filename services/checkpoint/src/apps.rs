@@ -155,9 +155,15 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
-/// A fresh app secret: 43 characters of unpadded base64url (32 random bytes).
+/// A fresh app secret: 43 characters of unpadded base64url (32 random bytes), never starting
+/// with `-` (which a command line would take for an option: `--secret -x…` fails).
 fn new_secret_text() -> String {
-    URL_SAFE_NO_PAD.encode(random_bytes::<32>())
+    loop {
+        let text = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
+        if !text.starts_with('-') {
+            return text;
+        }
+    }
 }
 
 /// Application management on the store (used by the gRPC rpcs and the operator CLI).
@@ -375,4 +381,19 @@ pub fn verify_app_proof(
 /// How long [`Duration`]s are in milliseconds, saturating.
 pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_look_like_command_line_options() {
+        // one in 64 raw encodings starts with '-': 2,000 draws would almost surely meet some
+        for _ in 0..2_000 {
+            let secret = new_secret_text();
+            assert_eq!(secret.len(), 43, "{secret}");
+            assert!(!secret.starts_with('-'), "{secret}");
+        }
+    }
 }
