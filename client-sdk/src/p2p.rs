@@ -5,14 +5,12 @@
 //! ```no_run
 //! # async fn demo(
 //! #     session: quickp2p::session::Session,
-//! #     identity: quickp2p::identity::Identity,
 //! #     bob: quickp2p::session::PeerId,
 //! # ) -> Result<(), Box<dyn std::error::Error>> {
 //! use quickp2p::p2p::{Tunnels, TunnelsConfig};
 //!
-//! // `identity` is the key the session logged in with
 //! let config = TunnelsConfig::new().stun("203.0.113.10:3478".parse()?);
-//! let tunnels = Tunnels::start(&session, identity, config).await?;
+//! let tunnels = Tunnels::start(&session, config).await?;
 //! let connected = tunnels.open(&bob).await?;
 //! println!("path: {:?}", connected.tunnel.path()?);
 //! let (mut send, _recv) = connected.tunnel.open_bi().await?;
@@ -256,12 +254,9 @@ const ACCEPT_BACKLOG: usize = 16;
 impl Tunnels {
     /// Opens the tunnels' socket, measures the NAT in front of it (when a STUN server is
     /// configured; the report goes to the gateway) and, unless disabled, starts answering
-    /// offers. `identity` must be the session's.
-    pub async fn start(
-        session: &Session,
-        identity: Identity,
-        config: TunnelsConfig,
-    ) -> Result<Tunnels, ConnectError> {
+    /// offers. Tunnels prove the session's identity ([`Session::identity`]).
+    pub async fn start(session: &Session, config: TunnelsConfig) -> Result<Tunnels, ConnectError> {
+        let identity = session.identity().clone();
         let (divert_tx, mut divert_rx) = mpsc::channel::<NonQuicDatagram>(1024);
         let socket = SharedSocket::bind(config.bind, Some(divert_tx))?;
         let endpoint = TunnelEndpoint::on_socket(socket, identity.clone())?;

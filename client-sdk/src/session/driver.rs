@@ -203,6 +203,7 @@ pub(super) async fn start(config: SessionConfig) -> Result<Session, SessionError
         }
     }
     let link = link.ok_or(last)?;
+    let identity = driver.config.identity.clone();
     tokio::spawn(driver.run(link));
     Ok(Session {
         inner: Arc::new(SessionInner {
@@ -215,6 +216,7 @@ pub(super) async fn start(config: SessionConfig) -> Result<Session, SessionError
             watched: std::sync::Mutex::new(HashSet::new()),
             handshake,
             network,
+            identity,
         }),
     })
 }

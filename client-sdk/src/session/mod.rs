@@ -434,12 +434,19 @@ struct SessionInner {
     handshake: broadcast::Sender<HandshakeEvent>,
     /// Observed address and clock estimate, kept up to date by the driver.
     network: Arc<handshake::NetworkView>,
+    /// The key pair the session logged in with.
+    identity: Identity,
 }
 
 impl Session {
     /// This peer's id.
     pub fn peer_id(&self) -> &PeerId {
         &self.inner.peer_id
+    }
+
+    /// The key pair the session logged in with (its public key is the peer id).
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
     }
 
     /// Sends an instant message; resolves when the recipient's gateway accepted it.

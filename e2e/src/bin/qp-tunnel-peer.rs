@@ -172,7 +172,7 @@ async fn run(args: Args) -> Result<(), String> {
     .trust(trust);
     let session = Peer::connect(config).await.map_err(|e| e.to_string())?;
     say(&format!("PEER {}", session.peer_id()));
-    let tunnels = Tunnels::start(&session, identity, TunnelsConfig::new().stun(args.stun))
+    let tunnels = Tunnels::start(&session, TunnelsConfig::new().stun(args.stun))
         .await
         .map_err(|e| e.to_string())?;
     let nat = tunnels

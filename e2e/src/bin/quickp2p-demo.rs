@@ -138,14 +138,12 @@ async fn messages(
 ) -> anyhow::Result<Vec<String>> {
     let trust = GatewayTrust::pinned_hex([fingerprint]).map_err(anyhow::Error::msg)?;
     let mut sessions: Vec<Session> = Vec::new();
-    let mut identities = Vec::new();
     let mut lines = Vec::new();
     for n in 1..=peers {
-        let identity = Identity::generate().context("cannot make a key pair")?;
         let config = SessionConfig::new(
             vec![gateway],
             AppCredentials::new(app.app_id.as_str(), app.secret.as_str()),
-            identity.clone(),
+            Identity::generate().context("cannot make a key pair")?,
         )
         .trust(trust.clone());
         let session = Peer::connect(config)
@@ -153,7 +151,6 @@ async fn messages(
             .with_context(|| format!("peer {n} cannot log in"))?;
         lines.push(format!("peer {n}: logged in as {}", session.peer_id()));
         sessions.push(session);
-        identities.push(identity);
     }
     let count = sessions.len();
     for (i, session) in sessions.iter().enumerate() {
@@ -178,7 +175,7 @@ async fn messages(
         ));
     }
     if let [first, second, ..] = sessions.as_slice() {
-        lines.push(tunnel(first, &identities[0], second, &identities[1], stun).await?);
+        lines.push(tunnel(first, second, stun).await?);
     }
     for session in sessions {
         session.close().await;
@@ -188,18 +185,12 @@ async fn messages(
 
 /// Peer 1 opens a tunnel to peer 2 (signalling through the gateway and the handshake role, hole
 /// punching, QUIC with both peer ids verified) and echoes 64 KiB through it.
-async fn tunnel(
-    one: &Session,
-    one_key: &Identity,
-    two: &Session,
-    two_key: &Identity,
-    stun: SocketAddr,
-) -> anyhow::Result<String> {
+async fn tunnel(one: &Session, two: &Session, stun: SocketAddr) -> anyhow::Result<String> {
     let config = TunnelsConfig::new()
         .stun(stun)
         .bind(SocketAddr::from(([127, 0, 0, 1], 0)));
-    let opener = Tunnels::start(one, one_key.clone(), config.clone().accept_offers(false)).await?;
-    let acceptor = Tunnels::start(two, two_key.clone(), config).await?;
+    let opener = Tunnels::start(one, config.clone().accept_offers(false)).await?;
+    let acceptor = Tunnels::start(two, config).await?;
     let echo = tokio::spawn(async move {
         let connected = acceptor.accept().await.context("no incoming tunnel")?;
         let (mut send, mut recv) = connected.tunnel.accept_bi().await?;

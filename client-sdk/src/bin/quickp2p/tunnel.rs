@@ -123,7 +123,7 @@ impl Connect {
         let config = SessionConfig::new(
             gateways,
             AppCredentials::new(self.app, self.secret),
-            identity.clone(),
+            identity,
         )
         .trust(trust);
         let session = Peer::connect(config)
@@ -133,7 +133,7 @@ impl Connect {
         if let Some(stun) = stun {
             tunnels_config = tunnels_config.stun(stun);
         }
-        let tunnels = Tunnels::start(&session, identity, tunnels_config)
+        let tunnels = Tunnels::start(&session, tunnels_config)
             .await
             .map_err(|e| format!("cannot start tunnels: {e}"))?;
         Ok((session, tunnels))
