@@ -96,7 +96,11 @@ impl LabNetwork {
             processes.push(stun);
         }
 
-        let app_secret = create_app(lab, &redis_url)?;
+        let app_secret = crate::procs::create_app(
+            host.command(binary("quickp2p-checkpoint")?),
+            &redis_url,
+            LAB_APP,
+        )?;
 
         let mut checkpoint = host.command(binary("quickp2p-checkpoint")?);
         checkpoint
@@ -196,27 +200,6 @@ impl LabNetwork {
     pub fn any_alive(&mut self) -> bool {
         self.processes.iter_mut().any(Proc::alive)
     }
-}
-
-fn create_app(lab: &Lab, redis_url: &str) -> Result<String, String> {
-    let output = lab
-        .supernode()
-        .command(binary("quickp2p-checkpoint")?)
-        .args(["--redis", redis_url, "app", "create", "--id", LAB_APP])
-        .output()
-        .map_err(|e| format!("quickp2p-checkpoint app create: {e}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        return Err(format!(
-            "quickp2p-checkpoint app create failed: {stdout} {}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("secret      "))
-        .map(|rest| rest.trim().to_owned())
-        .ok_or_else(|| format!("no secret line in: {stdout}"))
 }
 
 /// A peer-side command inside the lab (for callers that build one by hand).

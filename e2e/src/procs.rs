@@ -1,7 +1,7 @@
 //! Child processes for end-to-end tests and benchmarks: started from a [`Command`] (possibly
 //! inside a lab namespace), stdout read line by line on a thread, killed and reaped when dropped.
 
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::{self, BufRead, BufReader, Write as _};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -130,4 +130,52 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A TCP port free on 127.0.0.1 when asked (another process may take it before it is used).
+///
+/// # Errors
+/// When no port can be bound.
+pub fn free_tcp_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A UDP port free on 127.0.0.1 when asked (another process may take it before it is used).
+///
+/// # Errors
+/// When no port can be bound.
+pub fn free_udp_port() -> io::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Creates application `app_id` with `checkpoint` (a command running `quickp2p-checkpoint`,
+/// possibly inside a lab namespace) on the Redis at `redis_url`; returns its first secret.
+///
+/// # Errors
+/// When the command fails or prints no secret.
+pub fn create_app(
+    mut checkpoint: Command,
+    redis_url: &str,
+    app_id: &str,
+) -> Result<String, String> {
+    let output = checkpoint
+        .args(["--redis", redis_url, "app", "create", "--id", app_id])
+        .output()
+        .map_err(|e| format!("quickp2p-checkpoint app create: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "quickp2p-checkpoint app create failed: {stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("secret      "))
+        .map(|rest| rest.trim().to_owned())
+        .ok_or_else(|| format!("no secret line in: {stdout}"))
 }

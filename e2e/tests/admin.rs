@@ -19,6 +19,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use quickp2p_e2e::procs::{self, free_tcp_port, free_udp_port};
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -94,22 +95,6 @@ fn binary(name: &str) -> PathBuf {
     workspace_binary(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A scratch directory removed when dropped.
 struct TempDir(PathBuf);
 
@@ -121,7 +106,7 @@ impl Drop for TempDir {
 
 /// A redis-server on a free port keeping nothing on disk.
 fn start_redis(dir: &Path) -> (Proc, String) {
-    let port = free_tcp_port();
+    let port = free_tcp_port().unwrap();
     let args: Vec<String> = [
         "--port",
         &port.to_string(),
@@ -153,17 +138,8 @@ fn start_redis(dir: &Path) -> (Proc, String) {
 }
 
 fn create_app(redis: &str, id: &str) -> String {
-    let out = Command::new(binary("quickp2p-checkpoint"))
-        .args(["--redis", redis, "app", "create", "--id", id])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "app create failed: {text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix("secret      "))
-        .expect("a secret line")
-        .trim()
-        .to_owned()
+    procs::create_app(Command::new(binary("quickp2p-checkpoint")), redis, id)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 struct Gw {
@@ -173,7 +149,9 @@ struct Gw {
 }
 
 fn start_gateway(redis: &str, checkpoint: SocketAddr, i: usize) -> Gw {
-    let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port().unwrap())
+        .parse()
+        .unwrap();
     let proc = Proc::spawn(
         &binary("quickp2p-gateway"),
         &[
@@ -182,11 +160,11 @@ fn start_gateway(redis: &str, checkpoint: SocketAddr, i: usize) -> Gw {
             "--udp-addr".into(),
             quic.to_string(),
             "--grpc-addr".into(),
-            format!("127.0.0.1:{}", free_tcp_port()),
+            format!("127.0.0.1:{}", free_tcp_port().unwrap()),
             "--checkpoint-url".into(),
             format!("http://{checkpoint}"),
             "--http-addr".into(),
-            format!("127.0.0.1:{}", free_tcp_port()),
+            format!("127.0.0.1:{}", free_tcp_port().unwrap()),
             "--replica-id".into(),
             format!("gw-{i}"),
             "--log".into(),
@@ -253,7 +231,9 @@ async fn python_client_lists_queries_and_kicks_across_two_gateways() {
     let secret_a = create_app(&redis, "app-a");
     let secret_b = create_app(&redis, "app-b");
 
-    let checkpoint_addr: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let checkpoint_addr: SocketAddr = format!("127.0.0.1:{}", free_tcp_port().unwrap())
+        .parse()
+        .unwrap();
     let checkpoint = Proc::spawn(
         &binary("quickp2p-checkpoint"),
         &[
@@ -262,7 +242,7 @@ async fn python_client_lists_queries_and_kicks_across_two_gateways() {
             "--grpc-addr".into(),
             checkpoint_addr.to_string(),
             "--http-addr".into(),
-            format!("127.0.0.1:{}", free_tcp_port()),
+            format!("127.0.0.1:{}", free_tcp_port().unwrap()),
             "--replica-id".into(),
             "cp-1".into(),
             "--log".into(),
@@ -276,7 +256,7 @@ async fn python_client_lists_queries_and_kicks_across_two_gateways() {
 
     // the Index role when it is built; otherwise the admin answers index queries from the store
     let index = workspace_binary("quickp2p-index").ok().map(|path| {
-        let addr = format!("127.0.0.1:{}", free_tcp_port());
+        let addr = format!("127.0.0.1:{}", free_tcp_port().unwrap());
         let proc = Proc::spawn(
             &path,
             &[
@@ -285,7 +265,7 @@ async fn python_client_lists_queries_and_kicks_across_two_gateways() {
                 "--grpc-addr".into(),
                 addr.clone(),
                 "--http-addr".into(),
-                format!("127.0.0.1:{}", free_tcp_port()),
+                format!("127.0.0.1:{}", free_tcp_port().unwrap()),
                 "--log".into(),
                 "error".into(),
             ],
@@ -302,14 +282,14 @@ async fn python_client_lists_queries_and_kicks_across_two_gateways() {
         format!("# test tokens\nwrite ops {write_token}\nread support {read_token}\n"),
     )
     .unwrap();
-    let admin_addr = format!("127.0.0.1:{}", free_tcp_port());
+    let admin_addr = format!("127.0.0.1:{}", free_tcp_port().unwrap());
     let mut admin_args = vec![
         "--redis".into(),
         redis.clone(),
         "--grpc-addr".into(),
         admin_addr.clone(),
         "--http-addr".into(),
-        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port().unwrap()),
         "--tokens-file".into(),
         tokens_file.display().to_string(),
         "--replica-id".into(),

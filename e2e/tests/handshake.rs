@@ -10,6 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use quickp2p_e2e::procs::{self, free_tcp_port, free_udp_port};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -32,22 +33,6 @@ const ANSWER_TIMEOUT: Duration = Duration::from_millis(1500);
 
 fn binary(name: &str) -> std::path::PathBuf {
     workspace_binary(name).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn spawn(name: &str, args: &[String]) -> Proc {
@@ -81,22 +66,13 @@ struct Net {
 }
 
 fn create_app(redis_url: &str, id: &str) -> String {
-    let out = Command::new(binary("quickp2p-checkpoint"))
-        .args(["--redis", redis_url, "app", "create", "--id", id])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "app create failed: {text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix("secret      "))
-        .expect("a secret line")
-        .trim()
-        .to_owned()
+    procs::create_app(Command::new(binary("quickp2p-checkpoint")), redis_url, id)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Net {
     fn start() -> Net {
-        let port = free_tcp_port();
+        let port = free_tcp_port().unwrap();
         let redis = spawn(
             "redis-server",
             &strings(&[
@@ -116,7 +92,7 @@ impl Net {
         let redis_url = format!("redis://127.0.0.1:{port}");
         let secret_a = create_app(&redis_url, "app-a");
         let secret_b = create_app(&redis_url, "app-b");
-        let checkpoint_port = free_tcp_port();
+        let checkpoint_port = free_tcp_port().unwrap();
         let checkpoint = spawn(
             "quickp2p-checkpoint",
             &strings(&[
@@ -125,7 +101,7 @@ impl Net {
                 "--grpc-addr",
                 &format!("127.0.0.1:{checkpoint_port}"),
                 "--http-addr",
-                &format!("127.0.0.1:{}", free_tcp_port()),
+                &format!("127.0.0.1:{}", free_tcp_port().unwrap()),
                 "--replica-id",
                 "cp-1",
                 "--log",
@@ -135,7 +111,9 @@ impl Net {
         checkpoint
             .wait_for("grpc", Duration::from_secs(20))
             .unwrap();
-        let relay_addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+        let relay_addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port().unwrap())
+            .parse()
+            .unwrap();
         let relay = spawn(
             "quickp2p-relay",
             &strings(&[
@@ -144,9 +122,9 @@ impl Net {
                 "--listen-addr",
                 &relay_addr.to_string(),
                 "--control-addr",
-                &format!("127.0.0.1:{}", free_tcp_port()),
+                &format!("127.0.0.1:{}", free_tcp_port().unwrap()),
                 "--http-addr",
-                &format!("127.0.0.1:{}", free_tcp_port()),
+                &format!("127.0.0.1:{}", free_tcp_port().unwrap()),
                 // below the ephemeral range the TURN port was picked from
                 "--port-range",
                 "20000-20999",
@@ -162,8 +140,10 @@ impl Net {
         let mut handshakes = Vec::new();
         let mut handshake_ports = Vec::new();
         for i in 1..=2 {
-            let port = free_tcp_port();
-            let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+            let port = free_tcp_port().unwrap();
+            let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port().unwrap())
+                .parse()
+                .unwrap();
             let handshake = spawn(
                 "quickp2p-handshake",
                 &strings(&[
@@ -189,7 +169,9 @@ impl Net {
         }
         let mut gateways = Vec::new();
         for (i, handshake_port) in (1..=2).zip(handshake_ports) {
-            let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+            let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port().unwrap())
+                .parse()
+                .unwrap();
             let gw = spawn(
                 "quickp2p-gateway",
                 &strings(&[
@@ -198,13 +180,13 @@ impl Net {
                     "--udp-addr",
                     &quic.to_string(),
                     "--grpc-addr",
-                    &format!("127.0.0.1:{}", free_tcp_port()),
+                    &format!("127.0.0.1:{}", free_tcp_port().unwrap()),
                     "--checkpoint-url",
                     &format!("http://127.0.0.1:{checkpoint_port}"),
                     "--handshake-url",
                     &format!("http://127.0.0.1:{handshake_port}"),
                     "--http-addr",
-                    &format!("127.0.0.1:{}", free_tcp_port()),
+                    &format!("127.0.0.1:{}", free_tcp_port().unwrap()),
                     "--replica-id",
                     &format!("gw-{i}"),
                     "--log",

@@ -14,6 +14,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use quickp2p_e2e::procs::{self, free_tcp_port, free_udp_port};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -32,22 +33,6 @@ const START: Duration = Duration::from_secs(20);
 
 fn binary(name: &str) -> PathBuf {
     workspace_binary(name).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn spawn(name: &str, args: &[String]) -> Proc {
@@ -80,22 +65,13 @@ impl Drop for Net {
 }
 
 fn create_app(redis: &str, id: &str) -> String {
-    let out = Command::new(binary("quickp2p-checkpoint"))
-        .args(["--redis", redis, "app", "create", "--id", id])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "app create failed: {text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix("secret      "))
-        .expect("a secret line")
-        .trim()
-        .to_owned()
+    procs::create_app(Command::new(binary("quickp2p-checkpoint")), redis, id)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Net {
     fn start() -> Net {
-        let redis_port = free_tcp_port();
+        let redis_port = free_tcp_port().unwrap();
         let dir =
             std::env::temp_dir().join(format!("qp-index-{}-{redis_port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -126,8 +102,8 @@ impl Net {
                 s("error"),
             ]
         };
-        let cp_grpc = free_tcp_port();
-        let mut args = common(free_tcp_port());
+        let cp_grpc = free_tcp_port().unwrap();
+        let mut args = common(free_tcp_port().unwrap());
         args.extend([
             s("--grpc-addr"),
             format!("127.0.0.1:{cp_grpc}"),
@@ -136,21 +112,23 @@ impl Net {
         ]);
         let checkpoint = spawn("quickp2p-checkpoint", &args);
         checkpoint.wait_for("grpc", START).unwrap();
-        let index_grpc = free_tcp_port();
-        let mut args = common(free_tcp_port());
+        let index_grpc = free_tcp_port().unwrap();
+        let mut args = common(free_tcp_port().unwrap());
         args.extend([s("--grpc-addr"), format!("127.0.0.1:{index_grpc}")]);
         let index = spawn("quickp2p-index", &args);
         index.wait_for("grpc", START).unwrap();
         let mut procs = vec![checkpoint, index];
         let mut gateways = Vec::new();
         for i in 1..=2 {
-            let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
-            let mut args = common(free_tcp_port());
+            let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port().unwrap())
+                .parse()
+                .unwrap();
+            let mut args = common(free_tcp_port().unwrap());
             args.extend([
                 s("--udp-addr"),
                 quic.to_string(),
                 s("--grpc-addr"),
-                format!("127.0.0.1:{}", free_tcp_port()),
+                format!("127.0.0.1:{}", free_tcp_port().unwrap()),
                 s("--checkpoint-url"),
                 format!("http://127.0.0.1:{cp_grpc}"),
                 s("--replica-id"),

@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use quickp2p_e2e::procs::{free_tcp_port, free_udp_port};
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -94,22 +95,6 @@ fn binary(name: &str) -> PathBuf {
     workspace_binary(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A redis-server on a free port with its data in a temporary directory (append-only file).
 struct Redis {
     port: u16,
@@ -119,7 +104,7 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        let port = free_tcp_port();
+        let port = free_tcp_port().unwrap();
         let dir = std::env::temp_dir().join(format!("qp-sessions-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut redis = Redis {
@@ -221,8 +206,10 @@ impl Net {
         let redis = Redis::start();
         let secret_a = create_app(&redis, "app-a");
         let secret_b = create_app(&redis, "app-b");
-        let grpc = free_tcp_port();
-        let checkpoint_http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let grpc = free_tcp_port().unwrap();
+        let checkpoint_http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port().unwrap())
+            .parse()
+            .unwrap();
         let checkpoint = Proc::spawn(
             &binary("quickp2p-checkpoint"),
             &[
@@ -280,8 +267,12 @@ impl Net {
 }
 
 fn start_gateway(redis: &Redis, checkpoint_port: u16, i: usize) -> Gw {
-    let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
-    let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port().unwrap())
+        .parse()
+        .unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port().unwrap())
+        .parse()
+        .unwrap();
     let proc = Proc::spawn(
         &binary("quickp2p-gateway"),
         &[
@@ -290,7 +281,7 @@ fn start_gateway(redis: &Redis, checkpoint_port: u16, i: usize) -> Gw {
             "--udp-addr".into(),
             quic.to_string(),
             "--grpc-addr".into(),
-            format!("127.0.0.1:{}", free_tcp_port()),
+            format!("127.0.0.1:{}", free_tcp_port().unwrap()),
             "--checkpoint-url".into(),
             format!("http://127.0.0.1:{checkpoint_port}"),
             "--http-addr".into(),
