@@ -44,7 +44,7 @@
 //! (the initiator retries 2 s, 12 s and 42 s after it opened; a direct path that the birthday
 //! technique finds on another socket cannot carry an existing tunnel, so that one stays relayed).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -361,20 +361,19 @@ impl Tunnels {
     /// when a STUN server is configured).
     async fn gather(&self) -> Result<Vec<v1::Candidate>, ConnectError> {
         let local = self.inner.endpoint.local_addr()?;
-        let toward = self
+        // a wildcard bind: the address the routing table picks toward the network
+        let host = match self
             .inner
             .config
             .stun
             .or_else(|| self.inner.session.gateway())
-            .unwrap_or(SocketAddr::from((Ipv4Addr::new(203, 0, 113, 1), 9)));
-        let host_ip = if local.ip().is_unspecified() {
-            route_source(toward).unwrap_or(local.ip())
-        } else {
-            local.ip()
+        {
+            Some(toward) => crate::nat::route_source(local, toward),
+            None => local,
         };
         let mut candidates = vec![v1::Candidate {
             kind: v1::CandidateKind::Host.into(),
-            address: Some(SocketAddr::new(host_ip, local.port()).into()),
+            address: Some(host.into()),
             priority: 100,
             port_span: 0,
         }];
@@ -419,11 +418,7 @@ impl Tunnels {
             .endpoint
             .local_addr()
             .map_err(|e| e.to_string())?;
-        let local = if local.ip().is_unspecified() {
-            SocketAddr::new(route_source(stun).unwrap_or(local.ip()), local.port())
-        } else {
-            local
-        };
+        let local = crate::nat::route_source(local, stun);
         let config = NatDiscoveryConfig::default()
             .with_filtering(false)
             .with_hairpinning(false)
@@ -1136,26 +1131,12 @@ async fn measure_nat(stun: SocketAddr) -> Result<v1::NatReport, String> {
     let socket = tokio::net::UdpSocket::bind(bind)
         .await
         .map_err(|e| format!("cannot open a socket for the NAT report: {e}"))?;
-    let local = socket.local_addr().map_err(|e| e.to_string())?;
-    let local = SocketAddr::new(route_source(stun).unwrap_or(local.ip()), local.port());
-    let options = crate::nat::NatReportOptions::default()
-        .with_timeout(Some(Duration::from_secs(8)))
-        .with_local_address(local);
+    let options =
+        crate::nat::NatReportOptions::default().with_timeout(Some(Duration::from_secs(8)));
     let report = crate::nat::nat_report(&socket, stun, options)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(nat_report_to_proto(&report, local))
-}
-
-/// The local address the routing table picks toward `destination` (no packet is sent).
-fn route_source(destination: SocketAddr) -> Option<IpAddr> {
-    let bind: SocketAddr = match destination {
-        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-        SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
-    };
-    let probe = std::net::UdpSocket::bind(bind).ok()?;
-    probe.connect(destination).ok()?;
-    probe.local_addr().ok().map(|a| a.ip())
+    Ok(nat_report_to_proto(&report, report.local_address))
 }
 
 /// The protocol form of a behaviour-discovery result of the socket at `local`.

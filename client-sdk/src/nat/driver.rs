@@ -227,7 +227,7 @@ fn reachable_from(bound: SocketAddr, destination: SocketAddr) -> Option<SocketAd
 /// The socket's address with a wildcard IP replaced by the source address the
 /// routing table picks toward `server` (found by connecting a throwaway UDP
 /// socket, which sends nothing).
-fn route_source(bound: SocketAddr, server: SocketAddr) -> SocketAddr {
+pub(crate) fn route_source(bound: SocketAddr, server: SocketAddr) -> SocketAddr {
     if !bound.ip().is_unspecified() {
         return bound;
     }

@@ -40,6 +40,7 @@ mod error;
 mod json;
 mod server;
 
+pub(crate) use driver::route_source;
 pub use driver::{NatReportOptions, UnclaimedDatagram, nat_report, nat_report_with};
 pub use error::NatReportError;
 pub use json::{report_json, report_json_pretty};
