@@ -558,23 +558,7 @@ impl Tunnels {
             match PunchPlan::from_instruction(&instruction, start) {
                 Ok(mut plan) => {
                     plan.opener_ttl = inner.config.opener_ttl;
-                    let outcome = {
-                        let _turn = inner.exclusive.lock().await;
-                        let (tx, mut rx) = mpsc::channel(1024);
-                        *lock(&inner.sink) = Some(tx);
-                        let socket = inner.endpoint.socket();
-                        let result = punch::punch(
-                            &plan,
-                            MainSocket::Shared {
-                                socket,
-                                incoming: &mut rx,
-                            },
-                        )
-                        .await;
-                        *lock(&inner.sink) = None;
-                        result
-                    };
-                    match outcome {
+                    match self.punch(&plan).await {
                         Ok(success) => {
                             let direct_report = punch::punch_report(
                                 &plan,
@@ -813,22 +797,7 @@ impl Tunnels {
                 return Ok(false);
             }
         };
-        let outcome = {
-            let _turn = inner.exclusive.lock().await;
-            let (tx, mut rx) = mpsc::channel(1024);
-            *lock(&inner.sink) = Some(tx);
-            let result = punch::punch(
-                &plan,
-                MainSocket::Shared {
-                    socket: inner.endpoint.socket(),
-                    incoming: &mut rx,
-                },
-            )
-            .await;
-            *lock(&inner.sink) = None;
-            result
-        };
-        let (report, moved) = match outcome {
+        let (report, moved) = match self.punch(&plan).await {
             Ok(success) if matches!(success.path.socket, PathSocket::Main) => {
                 let route = crate::tunnel::TunnelRoute::Direct(success.path.remote);
                 let moved = inner
@@ -882,6 +851,23 @@ impl Tunnels {
         };
         self.report(report).await;
         Ok(moved)
+    }
+
+    /// Runs `plan` on the tunnels' socket, as its only reader meanwhile.
+    async fn punch(&self, plan: &PunchPlan) -> Result<punch::PunchSuccess, punch::PunchError> {
+        let _turn = self.inner.exclusive.lock().await;
+        let (tx, mut rx) = mpsc::channel(1024);
+        *lock(&self.inner.sink) = Some(tx);
+        let result = punch::punch(
+            plan,
+            MainSocket::Shared {
+                socket: self.inner.endpoint.socket(),
+                incoming: &mut rx,
+            },
+        )
+        .await;
+        *lock(&self.inner.sink) = None;
+        result
     }
 
     /// Reports a failed attempt and turns `why` into the error.
