@@ -16,7 +16,8 @@
 //!    idle; its RSS before and after, divided by the number of sessions.
 //!
 //! ```text
-//! cargo build --release -p quickp2p-checkpoint -p quickp2p-gateway -p quickp2p-e2e --bin bench_sessions
+//! cargo build --release -p quickp2p-checkpoint -p quickp2p-gateway -p quickp2p-e2e \
+//!   --bin quickp2p-checkpoint --bin quickp2p-gateway --bin bench_sessions
 //! target/release/bench_sessions
 //! ```
 //!

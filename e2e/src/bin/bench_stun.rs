@@ -11,7 +11,7 @@
 //! resident memory (VmRSS and peak VmHWM from /proc). Only loopback addresses are used.
 //!
 //! ```text
-//! cargo build --release -p quickp2p-stun -p quickp2p-e2e --bin bench_stun
+//! cargo build --release -p quickp2p-stun -p quickp2p-e2e --bin bench_stun --bin quickp2p-stun
 //! target/release/bench_stun --rounds 3 --duration 5
 //! ```
 //!

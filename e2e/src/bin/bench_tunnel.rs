@@ -19,7 +19,7 @@
 //! QUIC packet travels as ChannelData via the relay.
 //!
 //! ```text
-//! cargo build --release -p quickp2p-relay -p quickp2p-e2e --bin bench_tunnel
+//! cargo build --release -p quickp2p-relay -p quickp2p-e2e --bin quickp2p-relay --bin bench_tunnel
 //! target/release/bench_tunnel --mib 1024 --runs 3 [--relayed]
 //! ```
 //!
