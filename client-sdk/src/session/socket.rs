@@ -1,6 +1,6 @@
 //! The peer's one UDP socket, shared by QUIC and everything else.
 //!
-//! [`SharedSocket`] is a `quinn::AsyncUdpSocket` over quinn's own tokio socket: QUIC datagrams go
+//! [`SharedSocket`] is a `quinn::AsyncUdpSocket` over one tokio socket (quinn-udp I/O): QUIC datagrams go
 //! to quinn, every other datagram (STUN, TURN ChannelData, DTLS… judged by the first byte with
 //! `quickp2p_wire::classify`, RFC 9443) is diverted to a channel for the SDK's other users (NAT
 //! report, TURN client, hole punching), which send on the same socket with
@@ -31,7 +31,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV6};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -98,13 +98,10 @@ struct Pending {
 
 /// quinn's socket with non-QUIC datagrams diverted and tunnel routes applied.
 pub struct SharedSocket {
-    inner: Arc<dyn AsyncUdpSocket>,
+    inner: Arc<UdpIo>,
     divert: Option<mpsc::Sender<NonQuicDatagram>>,
     /// Whether the socket is IPv6 (addresses given to quinn must be too).
     ipv6: bool,
-    /// A duplicate of the socket's descriptor, for senders that need a tokio socket.
-    dup: Mutex<Option<std::net::UdpSocket>>,
-    tokio: OnceLock<Arc<tokio::net::UdpSocket>>,
     /// Whether any route or TURN server is registered (the fast path skips the table).
     routed: AtomicBool,
     routes: RwLock<RouteTable>,
@@ -139,14 +136,11 @@ impl SharedSocket {
         divert: Option<mpsc::Sender<NonQuicDatagram>>,
     ) -> io::Result<Arc<SharedSocket>> {
         let ipv6 = socket.local_addr()?.is_ipv6();
-        let dup = socket.try_clone()?;
-        let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
+        let inner = Arc::new(UdpIo::new(socket)?);
         Ok(Arc::new(SharedSocket {
             inner,
             divert,
             ipv6,
-            dup: Mutex::new(Some(dup)),
-            tokio: OnceLock::new(),
             routed: AtomicBool::new(false),
             routes: RwLock::new(RouteTable::default()),
             pending: Mutex::new(VecDeque::new()),
@@ -177,20 +171,7 @@ impl SharedSocket {
     /// [`RelayClient::with_feed`](crate::relay::RelayClient::with_feed)); never read from it —
     /// this socket reads. Must be called within a tokio runtime.
     pub fn tokio_sender(&self) -> io::Result<Arc<tokio::net::UdpSocket>> {
-        if let Some(socket) = self.tokio.get() {
-            return Ok(Arc::clone(socket));
-        }
-        let mut dup = self.dup.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(socket) = self.tokio.get() {
-            return Ok(Arc::clone(socket));
-        }
-        let std = dup
-            .take()
-            .ok_or_else(|| io::Error::other("the socket's duplicate is gone"))?;
-        std.set_nonblocking(true)?;
-        let socket = Arc::new(tokio::net::UdpSocket::from_std(std)?);
-        let _ = self.tokio.set(Arc::clone(&socket));
-        Ok(socket)
+        Ok(Arc::clone(&self.inner.io))
     }
 
     /// Hands out a new virtual address routed over `route` (for a tunnel's QUIC connection).
@@ -492,9 +473,66 @@ fn is_quic(segment: &[u8]) -> Option<PacketKind> {
     }
 }
 
+/// The tokio socket under a [`SharedSocket`], with quinn-udp's batched, ECN- and GSO-aware I/O.
+/// Held behind an `Arc` so that [`SharedSocket::tokio_sender`] hands out the same socket (one
+/// descriptor per session, not a duplicate).
+#[derive(Debug)]
+struct UdpIo {
+    io: Arc<tokio::net::UdpSocket>,
+    state: quinn::udp::UdpSocketState,
+}
+
+impl UdpIo {
+    fn new(socket: std::net::UdpSocket) -> io::Result<UdpIo> {
+        socket.set_nonblocking(true)?;
+        let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+        Ok(UdpIo {
+            io: Arc::new(tokio::net::UdpSocket::from_std(socket)?),
+            state,
+        })
+    }
+
+    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        self.io.try_io(tokio::io::Interest::WRITABLE, || {
+            self.state.send((&*self.io).into(), transmit)
+        })
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.io.poll_recv_ready(cx))?;
+            // a spurious readiness is WouldBlock: tokio clears it and the next poll waits again
+            if let Ok(n) = self.io.try_io(tokio::io::Interest::READABLE, || {
+                self.state.recv((&*self.io).into(), bufs, meta)
+            }) {
+                return Poll::Ready(Ok(n));
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+}
+
+/// Wakes quinn when the socket can take more datagrams.
+#[derive(Debug)]
+struct WritablePoller(Arc<UdpIo>);
+
+impl UdpPoller for WritablePoller {
+    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.io.poll_send_ready(cx)
+    }
+}
+
 impl AsyncUdpSocket for SharedSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        Arc::clone(&self.inner).create_io_poller()
+        Box::pin(WritablePoller(Arc::clone(&self.inner)))
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
@@ -571,15 +609,15 @@ impl AsyncUdpSocket for SharedSocket {
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.inner.max_transmit_segments()
+        self.inner.state.max_gso_segments()
     }
 
     fn max_receive_segments(&self) -> usize {
-        self.inner.max_receive_segments()
+        self.inner.state.gro_segments()
     }
 
     fn may_fragment(&self) -> bool {
-        self.inner.may_fragment()
+        self.inner.state.may_fragment()
     }
 }
 

@@ -83,6 +83,24 @@ impl Proc {
     }
 }
 
+/// Every session has its own UDP socket: raises this process's open-file limit (and the
+/// gateways', which inherit it) to at least `want` when it is lower, warning when it cannot.
+fn raise_open_files(want: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= want {
+        return;
+    }
+    // root may raise the hard limit too; anyone may raise the soft one up to the hard one
+    if setrlimit(Resource::RLIMIT_NOFILE, want, want.max(hard)).is_err()
+        && setrlimit(Resource::RLIMIT_NOFILE, hard.min(want), hard).is_err()
+    {
+        eprintln!("warning: cannot raise the open-file limit from {soft} to {want}");
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -438,6 +456,8 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     anyhow::ensure!(args.payload >= 16, "--payload must be at least 16");
+    // two descriptors per session: its socket and the duplicate its SharedSocket keeps
+    raise_open_files((args.idle as u64 + args.peers as u64) * 2 + 1024);
     let net = start(&args)?;
     println!(
         "bench_sessions: {} peers over 2 gateways, payload {} B, {} s per phase",
