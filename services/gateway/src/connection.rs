@@ -940,28 +940,20 @@ async fn deliver_to(
             },
         );
     }
-    let client = match shared.peers.client(gateway).await {
-        Ok(Some(client)) => client,
+    let link = match shared.peers.link(gateway, &shared.config.gateway_id).await {
+        Ok(Some(link)) => link,
         Ok(None) => return Ok(v1::DeliveryStatus::NotAttached),
         Err(e) => return Err(store_unavailable(&e)),
     };
-    let request = v1::DeliverRequest {
-        app_id: Some(v1::AppId::new(ctx.app.clone())),
-        recipients: vec![recipient.clone()],
-        event: Some(event.clone()),
-        origin: shared.config.gateway_id.clone(),
-    };
-    match client.clone().deliver(request).await {
-        Ok(r) => Ok(r
-            .into_inner()
-            .results
-            .first()
-            .map_or(v1::DeliveryStatus::NotAttached, |r| r.status())),
-        Err(status) => {
-            shared.peers.forget(gateway);
-            tracing::warn!(%gateway, error = %status.message(), "Deliver failed");
+    match link.deliver(&ctx.app, recipient, event.clone()).await {
+        Ok(status) => Ok(status),
+        Err(e) => {
+            if e != crate::remote::LinkError::Busy {
+                shared.peers.forget(gateway);
+            }
+            tracing::warn!(%gateway, error = %e, "delivery to another gateway failed");
             reject("unavailable");
-            Err(unavailable("the recipient's gateway did not answer, retry"))
+            Err(unavailable(format!("{e}, retry")))
         }
     }
 }

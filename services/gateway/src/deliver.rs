@@ -23,8 +23,75 @@ fn app_of(app: Option<v1::AppId>) -> Result<String, Status> {
     }
 }
 
+impl DeliverService {
+    /// Queues one item of a delivery stream; its status.
+    fn deliver_item(&self, item: v1::DeliverItem) -> v1::DeliverItemResult {
+        let status = match (
+            item.app_id,
+            item.recipient.as_ref().map(v1::PeerId::public_key),
+            item.event,
+        ) {
+            (Some(app), Some(Ok(key)), Some(event)) if !app.value.is_empty() => {
+                let span = tracing::debug_span!("deliver_item", seq = item.seq);
+                quickp2p_service_kit::telemetry::set_parent_from_traceparent(
+                    &span,
+                    &item.traceparent,
+                );
+                let _enter = span.enter();
+                match self
+                    .shared
+                    .registry
+                    .deliver(&(app.value, key), crate::remote::event_frame(event))
+                {
+                    Ok(()) => v1::DeliveryStatus::Accepted,
+                    Err(QueueError::Full) => v1::DeliveryStatus::QueueFull,
+                    Err(QueueError::NotAttached) => v1::DeliveryStatus::NotAttached,
+                }
+            }
+            // an item without an application, recipient or event reaches nobody
+            _ => v1::DeliveryStatus::NotAttached,
+        };
+        v1::DeliverItemResult {
+            seq: item.seq,
+            status: status as i32,
+        }
+    }
+}
+
+/// The answers of one delivery stream.
+type ResultStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::DeliverBatchResult, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Deliver for DeliverService {
+    type DeliverStreamStream = ResultStream;
+
+    async fn deliver_stream(
+        &self,
+        request: Request<tonic::Streaming<v1::DeliverBatch>>,
+    ) -> Result<Response<ResultStream>, Status> {
+        use futures::StreamExt as _;
+        let service = self.clone();
+        let answers = request.into_inner().map(move |batch| {
+            let batch = batch?;
+            if batch.items.is_empty() || batch.items.len() > crate::remote::MAX_BATCH {
+                return Err(Status::invalid_argument(format!(
+                    "a batch carries 1 to {} items, not {}",
+                    crate::remote::MAX_BATCH,
+                    batch.items.len()
+                )));
+            }
+            Ok(v1::DeliverBatchResult {
+                results: batch
+                    .items
+                    .into_iter()
+                    .map(|item| service.deliver_item(item))
+                    .collect(),
+            })
+        });
+        Ok(Response::new(Box::pin(answers)))
+    }
+
     async fn deliver(
         &self,
         request: Request<v1::DeliverRequest>,

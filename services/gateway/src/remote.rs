@@ -1,7 +1,8 @@
 //! What the gateway calls: the checkpoint (gRPC, with trace context) and the Deliver service of
-//! other gateway replicas (found through the route peer → gateway and the replica registry).
+//! other gateway replicas (found through the route peer → gateway and the replica registry): one
+//! long-lived, batching `DeliverStream` per replica for messages ([`DeliverLink`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use quickp2p_proto::v1::{
 };
 use quickp2p_service_kit::telemetry::inject_trace_context;
 use quickp2p_store::Store;
+use tokio::sync::{mpsc, oneshot};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
@@ -65,6 +67,7 @@ struct PeerCache {
     endpoints: HashMap<String, String>,
     refreshed: Option<Instant>,
     clients: HashMap<String, DeliverClient<Traced>>,
+    links: HashMap<String, DeliverLink>,
 }
 
 /// How long the replica list is trusted before it is read again.
@@ -129,13 +132,227 @@ impl Peers {
         }
     }
 
+    /// The delivery stream to gateway `gateway_id` (opened on first use), if it is registered.
+    pub async fn link(
+        &self,
+        gateway_id: &str,
+        origin: &str,
+    ) -> Result<Option<DeliverLink>, quickp2p_store::StoreError> {
+        {
+            let cache = self.lock();
+            if let Some(url) = cache.endpoints.get(gateway_id)
+                && let Some(link) = cache.links.get(url)
+                && !link.tx.is_closed()
+            {
+                return Ok(Some(link.clone()));
+            }
+        }
+        let Some(client) = self.client(gateway_id).await? else {
+            return Ok(None);
+        };
+        let mut cache = self.lock();
+        let Some(url) = cache.endpoints.get(gateway_id).cloned() else {
+            return Ok(None);
+        };
+        if let Some(link) = cache.links.get(&url)
+            && !link.tx.is_closed()
+        {
+            return Ok(Some(link.clone()));
+        }
+        let link = DeliverLink::open(client, origin.to_owned(), gateway_id.to_owned());
+        cache.links.insert(url, link.clone());
+        Ok(Some(link))
+    }
+
     /// Forgets a gateway's endpoint after a failed call (it may have restarted elsewhere).
     pub fn forget(&self, gateway_id: &str) {
         let mut cache = self.lock();
         if let Some(url) = cache.endpoints.remove(gateway_id) {
             cache.clients.remove(&url);
+            cache.links.remove(&url);
         }
         cache.refreshed = None;
+    }
+}
+
+/// Items one delivery stream may have queued or unanswered before callers are told to retry.
+const LINK_QUEUE: usize = 8192;
+/// Items sent together at most (the receiver refuses larger batches).
+pub const MAX_BATCH: usize = 1024;
+
+/// Why a delivery over a [`DeliverLink`] has no status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// Too many deliveries are waiting on this link.
+    #[error("too many deliveries queued to the recipient's gateway")]
+    Busy,
+    /// The stream failed or ended before the item was answered.
+    #[error("the delivery stream to the recipient's gateway broke")]
+    Broken,
+    /// No answer within the call timeout.
+    #[error("the recipient's gateway did not answer in time")]
+    Timeout,
+}
+
+/// One item waiting to be sent, and who waits for its status.
+#[derive(Debug)]
+struct Queued {
+    item: v1::DeliverItem,
+    done: oneshot::Sender<v1::DeliveryStatus>,
+}
+
+/// A long-lived `DeliverStream` to one other gateway replica. Items queued while the stream is
+/// busy go out together in one batch; each caller gets its own item's status. When the stream
+/// breaks, every unanswered caller gets [`LinkError::Broken`] and the next item opens a new one.
+#[derive(Debug, Clone)]
+pub struct DeliverLink {
+    tx: mpsc::Sender<Queued>,
+}
+
+impl DeliverLink {
+    fn open(client: DeliverClient<Traced>, origin: String, gateway: String) -> DeliverLink {
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        tokio::spawn(run_link(client, origin, gateway, rx));
+        DeliverLink { tx }
+    }
+
+    /// Queues `event` to `recipient` of `app` on the linked gateway; resolves with its status.
+    pub async fn deliver(
+        &self,
+        app: &str,
+        recipient: &v1::PeerId,
+        event: v1::PeerEvent,
+    ) -> Result<v1::DeliveryStatus, LinkError> {
+        let (done, status) = oneshot::channel();
+        let item = v1::DeliverItem {
+            seq: 0,
+            app_id: Some(v1::AppId::new(app.to_owned())),
+            recipient: Some(recipient.clone()),
+            event: Some(event),
+            traceparent: quickp2p_service_kit::telemetry::current_traceparent(),
+        };
+        self.tx
+            .try_send(Queued { item, done })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => LinkError::Busy,
+                mpsc::error::TrySendError::Closed(_) => LinkError::Broken,
+            })?;
+        match tokio::time::timeout(CALL_TIMEOUT, status).await {
+            Ok(Ok(status)) => Ok(status),
+            Ok(Err(_)) => Err(LinkError::Broken),
+            Err(_) => Err(LinkError::Timeout),
+        }
+    }
+}
+
+/// Runs the stream of one link: opens it when there is something to send, sends what is queued
+/// in batches, hands out the answers in order, and reopens after a failure.
+async fn run_link(
+    mut client: DeliverClient<Traced>,
+    origin: String,
+    gateway: String,
+    mut rx: mpsc::Receiver<Queued>,
+) {
+    let mut seq = 0u64;
+    loop {
+        // a new stream only once there is something to send: an idle link costs nothing
+        let Some(next) = rx.recv().await else {
+            return;
+        };
+        let (out, out_rx) = mpsc::channel::<v1::DeliverBatch>(16);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(out_rx);
+        let opened = tokio::time::timeout(CALL_TIMEOUT, client.deliver_stream(stream)).await;
+        let mut inbound = match opened {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => {
+                tracing::warn!(%gateway, error = %status.message(), "delivery stream refused");
+                drop(next); // its caller sees Broken
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(%gateway, "delivery stream not opened in time");
+                drop(next);
+                continue;
+            }
+        };
+        metrics::counter!("qp_gateway_deliver_streams_opened_total").increment(1);
+        let mut waiting: VecDeque<(u64, oneshot::Sender<v1::DeliveryStatus>)> = VecDeque::new();
+        let mut pending = Some(next);
+        loop {
+            tokio::select! {
+                biased;
+                answer = inbound.message() => match answer {
+                    Ok(Some(result)) => {
+                        for r in result.results {
+                            let status = r.status();
+                            // answers come in order: anything older than this one was lost
+                            while let Some((s, done)) = waiting.pop_front() {
+                                if s == r.seq {
+                                    let _ = done.send(status);
+                                    break;
+                                }
+                                drop(done);
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::debug!(%gateway, "delivery stream ended");
+                        break;
+                    }
+                    Err(status) => {
+                        tracing::warn!(%gateway, error = %status.message(), "delivery stream failed");
+                        break;
+                    }
+                },
+                queued = async {
+                    match pending.take() {
+                        Some(q) => Some(q),
+                        None => rx.recv().await,
+                    }
+                }, if waiting.len() < LINK_QUEUE => {
+                    let Some(q) = queued else {
+                        // every sender is gone (the link was forgotten): finish what is answered
+                        if waiting.is_empty() {
+                            return;
+                        }
+                        continue;
+                    };
+                    let mut items = Vec::with_capacity(8);
+                    let mut push = |q: Queued, items: &mut Vec<v1::DeliverItem>| {
+                        if q.done.is_closed() {
+                            return; // its caller gave up
+                        }
+                        seq += 1;
+                        let mut item = q.item;
+                        item.seq = seq;
+                        items.push(item);
+                        waiting.push_back((seq, q.done));
+                    };
+                    push(q, &mut items);
+                    while items.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(q) => push(q, &mut items),
+                            Err(_) => break,
+                        }
+                    }
+                    if items.is_empty() {
+                        continue;
+                    }
+                    metrics::histogram!("qp_gateway_deliver_batch_items").record(items.len() as f64);
+                    let batch = v1::DeliverBatch { origin: origin.clone(), items };
+                    if out.send(batch).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // unanswered callers see Broken when their senders drop here
+        drop(waiting);
+        if rx.is_closed() && rx.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -17,6 +17,8 @@ use quickp2p_store::Store;
 
 struct Net {
     gateways: Vec<std::net::SocketAddr>,
+    /// Each gateway's internal Deliver URL.
+    deliver_urls: Vec<String>,
     pins: Vec<[u8; 32]>,
     app: quickp2p_checkpoint::DevApplication,
     stop: Shutdown,
@@ -34,6 +36,7 @@ async fn network(gateways: usize) -> Net {
     tokio::spawn(checkpoint.run(stop.clone()));
     let mut addrs = Vec::new();
     let mut pins = Vec::new();
+    let mut deliver_urls = Vec::new();
     for i in 0..gateways {
         let mut config = Config::loopback(url.clone());
         config.udp_addr = "127.0.0.1:0".parse().unwrap();
@@ -42,6 +45,7 @@ async fn network(gateways: usize) -> Net {
         config.limits.max_in_flight = 16;
         let gateway = Gateway::bind(config, store.clone()).unwrap();
         addrs.push(gateway.addresses().quic);
+        deliver_urls.push(gateway.addresses().advertised_grpc);
         pins.push(gateway.fingerprint());
         tokio::spawn(gateway.run(stop.clone()));
     }
@@ -49,6 +53,7 @@ async fn network(gateways: usize) -> Net {
     tokio::time::sleep(Duration::from_millis(100)).await;
     Net {
         gateways: addrs,
+        deliver_urls,
         pins,
         app,
         stop,
@@ -221,6 +226,84 @@ async fn bursts_beyond_the_limits_are_refused_with_rate_limited() {
     assert!(
         limited > 0 && accepted > 0,
         "accepted {accepted}, rate limited {limited}"
+    );
+    net.stop.cancel();
+}
+
+/// The delivery stream between replicas: each item answered with its own status, in order, the
+/// accepted one delivered to the peer; a batch outside 1..=1024 items ends the stream with a
+/// clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_stream_answers_each_item_and_refuses_bad_batches() {
+    use quickp2p_proto::v1;
+    let net = network(1).await;
+    let x = peer(&net, 0).await;
+    let mut inbox = x.messages().unwrap();
+    let mut client = v1::deliver_client::DeliverClient::connect(net.deliver_urls[0].clone())
+        .await
+        .unwrap();
+    let item = |seq: u64, app: &str, recipient: v1::PeerId, text: &str| v1::DeliverItem {
+        seq,
+        app_id: Some(v1::AppId::new(app.to_owned())),
+        recipient: Some(recipient),
+        event: Some(v1::PeerEvent {
+            event: Some(v1::peer_event::Event::Message(v1::IncomingMessage {
+                sender: Some(x.peer_id().clone()),
+                payload: bytes::Bytes::from(text.to_owned()),
+                message_id: bytes::Bytes::from_static(b"0123456789abcdef"),
+                client_message_id: bytes::Bytes::new(),
+                accepted_at_unix_ms: 1,
+            })),
+        }),
+        traceparent: String::new(),
+    };
+    let stranger = Identity::generate().unwrap().peer_id();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = client
+        .deliver_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(v1::DeliverBatch {
+        origin: "test".into(),
+        items: vec![
+            item(7, &net.app.app_id, x.peer_id().clone(), "for x"),
+            item(8, &net.app.app_id, stranger, "for nobody"),
+            item(9, "another-app", x.peer_id().clone(), "wrong app"),
+        ],
+    })
+    .await
+    .unwrap();
+    let result = answers.message().await.unwrap().unwrap();
+    let got: Vec<(u64, v1::DeliveryStatus)> =
+        result.results.iter().map(|r| (r.seq, r.status())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (7, v1::DeliveryStatus::Accepted),
+            (8, v1::DeliveryStatus::NotAttached),
+            (9, v1::DeliveryStatus::NotAttached),
+        ]
+    );
+    let m = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"for x");
+    tx.send(v1::DeliverBatch {
+        origin: "test".into(),
+        items: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let refused = answers.message().await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("1 to 1024 items"), "{refused:?}");
+    // the wrong-application item reached nobody
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), inbox.recv())
+            .await
+            .is_err()
     );
     net.stop.cancel();
 }

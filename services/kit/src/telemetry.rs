@@ -140,6 +140,46 @@ pub fn inject_trace_context(
     Ok(request)
 }
 
+/// The W3C `traceparent` of the current `tracing` span, empty when it is not traced: for trace
+/// context carried inside a message (one item of a long-lived stream) instead of call metadata.
+pub fn current_traceparent() -> String {
+    let cx = tracing::Span::current().context();
+    let mut carrier = TraceparentCarrier(String::new());
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.0
+}
+
+/// Makes `span` a child of the trace a `traceparent` value names (nothing when it is empty or
+/// invalid).
+pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) {
+    if traceparent.is_empty() {
+        return;
+    }
+    let cx = TraceContextPropagator::new().extract(&TraceparentCarrier(traceparent.to_owned()));
+    let _ = span.set_parent(cx);
+}
+
+/// Holds only the `traceparent` header (trace state is not carried).
+struct TraceparentCarrier(String);
+
+impl Injector for TraceparentCarrier {
+    fn set(&mut self, key: &str, value: String) {
+        if key == "traceparent" {
+            self.0 = value;
+        }
+    }
+}
+
+impl Extractor for TraceparentCarrier {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
+}
+
 struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
 
 impl Injector for MetadataInjector<'_> {
