@@ -30,9 +30,11 @@ pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// prefixes are [`DecodeFrameError::InvalidLengthPrefix`].
 pub const MAX_LENGTH_PREFIX_LEN: usize = 5;
 
-/// Bytes a reader asks for at least while waiting for a frame header.
+/// Bytes a reader asks for at least while waiting for a frame header. Small, because the buffer
+/// stays allocated while a connection waits for its next frame (a gateway holds one per idle
+/// session); once a header is read, the buffer grows to the whole frame at once.
 #[cfg(feature = "tokio")]
-const MIN_READ: usize = 1024;
+const MIN_READ: usize = 256;
 
 /// An idle decoder whose buffer grew beyond this gives it back, so idle sessions stay small.
 const IDLE_BUFFER_CAPACITY: usize = 16 * 1024;
