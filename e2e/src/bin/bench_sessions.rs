@@ -72,6 +72,70 @@ impl Drop for Proc {
     }
 }
 
+/// CPU time (user + system) a process has used so far, in milliseconds.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // fields after the command name (which may hold spaces) start at state; utime and stime are
+    // the 14th and 15th fields, in clock ticks
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    ticks as f64 * 1000.0 / hz
+}
+
+/// CPU used by each part of the setup, to print per message after a phase.
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    gateways: f64,
+    clients: f64,
+    checkpoint: f64,
+    redis: f64,
+}
+
+impl Network {
+    fn cpu(&self) -> CpuSample {
+        CpuSample {
+            gateways: self.gateways[..2].iter().map(|g| cpu_ms(g.0.0.id())).sum(),
+            clients: cpu_ms(std::process::id()),
+            checkpoint: cpu_ms(self.checkpoint.0.id()),
+            redis: cpu_ms(self.redis.0.id()),
+        }
+    }
+}
+
+impl CpuSample {
+    /// Prints the CPU each part used since `self` (`elapsed` ago): in cores, and per 1,000
+    /// messages.
+    fn report(&self, now: CpuSample, elapsed: Duration, messages: usize) {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let parts = [
+            ("gateways (both)", now.gateways - self.gateways),
+            ("SDK clients (this process)", now.clients - self.clients),
+            ("redis", now.redis - self.redis),
+            ("checkpoint", now.checkpoint - self.checkpoint),
+        ];
+        let line: Vec<String> = parts
+            .iter()
+            .map(|(name, used)| {
+                format!(
+                    "{name} {:.2} cores = {:.0} ms/1k msgs",
+                    used / ms,
+                    used * 1000.0 / messages.max(1) as f64
+                )
+            })
+            .collect();
+        println!("  CPU: {}", line.join(", "));
+    }
+}
+
 impl Proc {
     fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
@@ -146,8 +210,8 @@ fn wait_line(
 }
 
 struct Network {
-    _redis: Proc,
-    _checkpoint: Proc,
+    redis: Proc,
+    checkpoint: Proc,
     gateways: Vec<(Proc, SocketAddr, [u8; 32])>,
     secret: String,
 }
@@ -259,8 +323,8 @@ fn start(args: &Args) -> anyhow::Result<Network> {
     }
     std::thread::sleep(Duration::from_millis(300));
     Ok(Network {
-        _redis: redis,
-        _checkpoint: checkpoint,
+        redis,
+        checkpoint,
         gateways,
         secret,
     })
@@ -289,14 +353,34 @@ async fn connect(
         config.idle_timeout = Duration::from_secs(30);
         config.connect_timeout = Duration::from_secs(60);
         tasks.push(tokio::spawn(async move {
-            let session = Peer::connect(config).await;
+            // a login that fails on the loaded machine is tried again (and counted), twice
+            let mut failures = Vec::new();
+            let session = loop {
+                match Peer::connect(config.clone()).await {
+                    Ok(session) => break Ok(session),
+                    Err(e) if failures.len() < 2 => {
+                        failures.push(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
             drop(permit);
-            session
+            session.map(|s| (s, failures))
         }));
     }
     let mut sessions = Vec::with_capacity(count);
+    let mut retried = Vec::new();
     for t in tasks {
-        sessions.push(t.await??);
+        let (session, failures) = t.await??;
+        sessions.push(session);
+        retried.extend(failures);
+    }
+    if let Some(first) = retried.first() {
+        println!(
+            "  ({} logins failed and were tried again; first error: {first})",
+            retried.len()
+        );
     }
     Ok(sessions)
 }
@@ -323,12 +407,14 @@ fn report(name: &str, mut micros: Vec<u64>) {
 /// Runs one message phase; `pace` = Some(interval per peer) for a fixed rate, None for as fast as
 /// possible with `window` in flight.
 async fn phase(
+    net: &Network,
     peers: &[Session],
     payload: usize,
     duration: Duration,
     pace: Option<Duration>,
     window: usize,
 ) -> anyhow::Result<()> {
+    let cpu_before = net.cpu();
     let epoch = Instant::now();
     let half = peers.len() / 2;
     let delivered = Arc::new(tokio::sync::Mutex::new(Vec::<u64>::new()));
@@ -446,6 +532,7 @@ async fn phase(
         received.load(Ordering::Relaxed),
         errors.load(Ordering::Relaxed)
     );
+    cpu_before.report(net.cpu(), epoch.elapsed(), accepted.len());
     report("send -> accepted", accepted);
     report("send -> delivered", delivered);
     Ok(())
@@ -476,6 +563,7 @@ async fn main() -> anyhow::Result<()> {
         );
         let per_peer = Duration::from_secs_f64(peers.len() as f64 / *rate as f64);
         phase(
+            &net,
             &peers,
             args.payload,
             Duration::from_secs(args.duration),
@@ -492,6 +580,7 @@ async fn main() -> anyhow::Result<()> {
     peers.extend(connect(&net, 1, half, 64).await?);
     println!("throughput, {} in flight per peer:", args.window);
     phase(
+        &net,
         &peers,
         args.payload,
         Duration::from_secs(args.duration),
