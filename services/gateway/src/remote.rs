@@ -312,11 +312,9 @@ async fn run_link(
                     }
                 }, if waiting.len() < LINK_QUEUE => {
                     let Some(q) = queued else {
-                        // every sender is gone (the link was forgotten): finish what is answered
-                        if waiting.is_empty() {
-                            return;
-                        }
-                        continue;
+                        // every handle is gone (the link was forgotten), and with them every
+                        // caller: nobody waits for the answers still due
+                        return;
                     };
                     let mut items = Vec::with_capacity(8);
                     let mut push = |q: Queued, items: &mut Vec<v1::DeliverItem>| {
@@ -341,8 +339,15 @@ async fn run_link(
                     }
                     metrics::histogram!("qp_gateway_deliver_batch_items").record(items.len() as f64);
                     let batch = v1::DeliverBatch { origin: origin.clone(), items };
-                    if out.send(batch).await.is_err() {
-                        break;
+                    // a receiver that stops reading stalls the stream: give up on it like on
+                    // a broken one (its callers time out meanwhile)
+                    match tokio::time::timeout(CALL_TIMEOUT, out.send(batch)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            tracing::warn!(%gateway, "delivery stream stalled");
+                            break;
+                        }
                     }
                 }
             }
