@@ -368,3 +368,125 @@ pub fn event_frame(event: v1::PeerEvent) -> bytes::Bytes {
         frame: Some(v1::gateway_frame::Frame::Event(event)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::StreamExt as _;
+    use quickp2p_proto::v1::deliver_server::{Deliver, DeliverServer};
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+
+    /// A Deliver server whose streams answer ACCEPTED for recipients whose id starts with an
+    /// even byte, NOT_ATTACHED otherwise — except that the first stream it is given ends,
+    /// unanswered, at its first batch.
+    #[derive(Clone, Default)]
+    struct Flaky {
+        opened: Arc<AtomicUsize>,
+    }
+
+    type Answers = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<v1::DeliverBatchResult, Status>> + Send>,
+    >;
+
+    #[tonic::async_trait]
+    impl Deliver for Flaky {
+        type DeliverStreamStream = Answers;
+
+        async fn deliver_stream(
+            &self,
+            request: Request<tonic::Streaming<v1::DeliverBatch>>,
+        ) -> Result<Response<Answers>, Status> {
+            let first = self.opened.fetch_add(1, Ordering::SeqCst) == 0;
+            let answers = request
+                .into_inner()
+                .take_while(move |_| std::future::ready(!first))
+                .map(|batch| {
+                    Ok(v1::DeliverBatchResult {
+                        results: batch?
+                            .items
+                            .into_iter()
+                            .map(|item| {
+                                let even = item.recipient.unwrap().value[0] % 2 == 0;
+                                let status = if even {
+                                    v1::DeliveryStatus::Accepted
+                                } else {
+                                    v1::DeliveryStatus::NotAttached
+                                };
+                                v1::DeliverItemResult {
+                                    seq: item.seq,
+                                    status: status as i32,
+                                }
+                            })
+                            .collect(),
+                    })
+                });
+            Ok(Response::new(Box::pin(answers)))
+        }
+
+        async fn deliver(
+            &self,
+            _: Request<v1::DeliverRequest>,
+        ) -> Result<Response<v1::DeliverResponse>, Status> {
+            Err(Status::unimplemented("stream only"))
+        }
+
+        async fn broadcast(
+            &self,
+            _: Request<v1::DeliverBroadcastRequest>,
+        ) -> Result<Response<v1::DeliverBroadcastResponse>, Status> {
+            Err(Status::unimplemented("stream only"))
+        }
+
+        async fn kick(
+            &self,
+            _: Request<v1::DeliverKickRequest>,
+        ) -> Result<Response<v1::DeliverKickResponse>, Status> {
+            Err(Status::unimplemented("stream only"))
+        }
+    }
+
+    fn peer(first: u8) -> v1::PeerId {
+        v1::PeerId::from_public_key([first; 32])
+    }
+
+    #[tokio::test]
+    async fn a_link_answers_each_item_and_reopens_a_broken_stream() {
+        let server = Flaky::default();
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let url = format!("http://{}", incoming.local_addr().unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(DeliverServer::new(server.clone()))
+                .serve_with_incoming(incoming),
+        );
+        let client = DeliverClient::with_interceptor(
+            channel(&url).unwrap(),
+            inject_trace_context as fn(_) -> _,
+        );
+        let link = DeliverLink::open(client, "test".into(), "gw-x".into());
+        let event = v1::PeerEvent::default();
+
+        // the first stream ends without answering: the caller hears it broke
+        let broken = link.deliver("app", &peer(2), event.clone()).await;
+        assert_eq!(broken, Err(LinkError::Broken));
+
+        // the next items open a new stream; sent together, each gets its own status
+        let (p2, p3, p4) = (peer(2), peer(3), peer(4));
+        let (a, b, c) = tokio::join!(
+            link.deliver("app", &p2, event.clone()),
+            link.deliver("app", &p3, event.clone()),
+            link.deliver("app", &p4, event.clone()),
+        );
+        assert_eq!(a, Ok(v1::DeliveryStatus::Accepted));
+        assert_eq!(b, Ok(v1::DeliveryStatus::NotAttached));
+        assert_eq!(c, Ok(v1::DeliveryStatus::Accepted));
+        assert_eq!(server.opened.load(Ordering::SeqCst), 2);
+    }
+}
