@@ -902,13 +902,17 @@ async fn send_message(
     if let Some(key) = dedup_key {
         let mut value = accepted_at.to_be_bytes().to_vec();
         value.extend_from_slice(&message_id);
-        if let Err(e) = shared
-            .store
-            .put_ephemeral(&key, Bytes::from(value), DEDUP_TTL)
-            .await
-        {
-            tracing::debug!(error = %e, "dedup record not stored");
-        }
+        // written off the acceptance path: the record is read only by a replay, which comes
+        // after a reconnect, long after this write
+        let store = shared.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store
+                .put_ephemeral(&key, Bytes::from(value), DEDUP_TTL)
+                .await
+            {
+                tracing::debug!(error = %e, "dedup record not stored");
+            }
+        });
     }
     metrics::counter!("qp_gateway_messages_total", "outcome" => "accepted").increment(1);
     Ok(v1::MessageAccepted {
