@@ -20,7 +20,7 @@ use quickp2p_proto::v1::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::registry::{Attached, QueueError, SessionKey, tokio_util_lite::Cancel};
+use crate::registry::{Attached, SessionKey, tokio_util_lite::Cancel};
 use crate::{Shared, frame_bytes, now_ms, now_us, reject};
 
 /// How long a connection being closed waits for its last frames to be delivered.
@@ -933,16 +933,9 @@ async fn deliver_to(
 ) -> Result<v1::DeliveryStatus, ErrorDetail> {
     if gateway == shared.config.gateway_id {
         let key = (ctx.app.clone(), recipient.public_key().unwrap_or([0; 32]));
-        return Ok(
-            match shared
-                .registry
-                .deliver(&key, crate::remote::event_frame(event.clone()))
-            {
-                Ok(()) => v1::DeliveryStatus::Accepted,
-                Err(QueueError::Full) => v1::DeliveryStatus::QueueFull,
-                Err(QueueError::NotAttached) => v1::DeliveryStatus::NotAttached,
-            },
-        );
+        return Ok(shared
+            .registry
+            .deliver_status(&key, crate::remote::event_frame(event.clone())));
     }
     let link = match shared.peers.link(gateway, &shared.config.gateway_id).await {
         Ok(Some(link)) => link,

@@ -8,7 +8,6 @@ use quickp2p_proto::v1::{self, deliver_server::Deliver};
 use tonic::{Request, Response, Status};
 
 use crate::Shared;
-use crate::registry::QueueError;
 
 /// The Deliver service of one gateway.
 #[derive(Debug, Clone)]
@@ -38,15 +37,9 @@ impl DeliverService {
                     &item.traceparent,
                 );
                 let _enter = span.enter();
-                match self
-                    .shared
+                self.shared
                     .registry
-                    .deliver(&(app.value, key), crate::remote::event_frame(event))
-                {
-                    Ok(()) => v1::DeliveryStatus::Accepted,
-                    Err(QueueError::Full) => v1::DeliveryStatus::QueueFull,
-                    Err(QueueError::NotAttached) => v1::DeliveryStatus::NotAttached,
-                }
+                    .deliver_status(&(app.value, key), crate::remote::event_frame(event))
             }
             // an item without an application, recipient or event reaches nobody
             _ => v1::DeliveryStatus::NotAttached,
@@ -110,15 +103,10 @@ impl Deliver for DeliverService {
             .into_iter()
             .map(|peer| {
                 let status = match peer.public_key() {
-                    Ok(key) => match self
+                    Ok(key) => self
                         .shared
                         .registry
-                        .deliver(&(app.clone(), key), frame.clone())
-                    {
-                        Ok(()) => v1::DeliveryStatus::Accepted,
-                        Err(QueueError::Full) => v1::DeliveryStatus::QueueFull,
-                        Err(QueueError::NotAttached) => v1::DeliveryStatus::NotAttached,
-                    },
+                        .deliver_status(&(app.clone(), key), frame.clone()),
                     Err(_) => v1::DeliveryStatus::NotAttached,
                 };
                 v1::RecipientStatus {

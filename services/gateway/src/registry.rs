@@ -92,6 +92,20 @@ impl Registry {
         })
     }
 
+    /// [`Registry::deliver`] as the status the Deliver service and the sender's gateway answer.
+    pub fn deliver_status(
+        &self,
+        key: &SessionKey,
+        frame: Bytes,
+    ) -> quickp2p_proto::v1::DeliveryStatus {
+        use quickp2p_proto::v1::DeliveryStatus;
+        match self.deliver(key, frame) {
+            Ok(()) => DeliveryStatus::Accepted,
+            Err(QueueError::Full) => DeliveryStatus::QueueFull,
+            Err(QueueError::NotAttached) => DeliveryStatus::NotAttached,
+        }
+    }
+
     /// Every attached session of an application (for broadcast).
     pub fn of_app(&self, app: &str) -> Vec<Attached> {
         lock(&self.sessions)
