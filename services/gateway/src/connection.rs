@@ -1,34 +1,32 @@
-//! One peer connection: the QUIC handshake, the control stream, login, and the requests of a
-//! logged-in session.
+//! The peer session protocol on one connection: `Hello`, challenge, login, and the requests of a
+//! logged-in session. Flow: `Hello` → `GetChallenge` → `Login` (only these and `SyncClock` before
+//! login), then anything.
 //!
-//! One task per connection reads `PeerRequest` frames and writes `GatewayFrame` frames. Requests
-//! that wait on other services (heartbeat, send, subscribe, lookup) run in their own tasks and
-//! answer through the connection's outbound queue, so a slow delivery never stalls the stream;
-//! the queue also carries events pushed from elsewhere ([`Registry::deliver`]). Flow:
-//! `Hello` → `GetChallenge` → `Login` (only these and `SyncClock` before login), then anything.
+//! [`Session`] is driven by the endpoint task ([`crate::endpoint`]), one decoded request at a
+//! time, and answers with a [`Step`]: a frame to write now, nothing (a request task answers
+//! later through the connection's [`ConnRef`]), a pause (challenge, login and logout hold the
+//! stream until their outcome comes back as [`Resumed`]), or a close. Nothing here touches the
+//! socket; what waits on another service runs in a task of its own.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use quickp2p_proto::frame::{DecodeFrameError, FrameReader, ReadFrameError};
 use quickp2p_proto::v1::{
     self, ConnectionCloseCode, ErrorCode, ErrorDetail, peer_request::Request,
     peer_response::Result as Res,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::registry::{Attached, SessionKey, tokio_util_lite::Cancel};
+use crate::endpoint::ConnRef;
+use crate::registry::{Attached, SessionKey};
 use crate::{Shared, frame_bytes, now_ms, now_us, reject};
-
-/// How long a connection being closed waits for its last frames to be delivered.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// A logged-in session on this connection.
 #[derive(Debug)]
-struct SessionCtx {
+pub(crate) struct SessionCtx {
     app: String,
     peer: v1::PeerId,
     peer_hex: String,
@@ -87,179 +85,101 @@ fn unavailable(message: impl Into<String>) -> ErrorDetail {
     }
 }
 
-/// Why the connection loop ended.
-enum End {
-    /// The peer closed or the connection failed.
-    Gone,
-    /// Close with this code and reason.
-    Close(ConnectionCloseCode, &'static str),
+/// What the endpoint does after the session handled something.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// Nothing now (a request task answers later).
+    Nothing,
+    /// Write this frame.
+    Reply(Bytes),
+    /// Read no further frames until the operation's [`Resumed`] comes back.
+    Pause,
+    /// Write the frame (if any), then close the connection with this code.
+    Close(Option<Bytes>, ConnectionCloseCode, &'static str),
 }
 
-/// State of one connection.
-struct Conn {
+/// The outcome of an operation that held the stream.
+#[derive(Debug)]
+pub(crate) enum Resumed {
+    /// `GetChallenge` answered; the challenge now valid on this connection, if one was issued.
+    Challenge {
+        reply: Bytes,
+        challenge: Option<Bytes>,
+    },
+    /// `Login` answered.
+    Login(LoginOutcome),
+    /// `Logout` recorded: answer and close.
+    LoggedOut { reply: Bytes },
+}
+
+/// How a login ended.
+#[derive(Debug)]
+pub(crate) enum LoginOutcome {
+    /// Logged in: the route is recorded, the session is to be attached here.
+    LoggedIn { ctx: Arc<SessionCtx>, reply: Bytes },
+    /// Not logged in; `close`: the connection ends after the answer (refused credentials),
+    /// otherwise the peer may try again (a service was unavailable).
+    Refused { reply: Bytes, close: bool },
+}
+
+/// The answer to a frame that is not a valid `PeerRequest`: the session goes on.
+pub(crate) fn undecodable(e: &prost::DecodeError) -> Step {
+    reject("malformed_frame");
+    let detail = error(ErrorCode::Invalid, format!("undecodable frame: {e}"));
+    Step::Reply(response(0, Res::Error(detail)))
+}
+
+/// The session state of one connection.
+#[derive(Debug)]
+pub(crate) struct Session {
     shared: Arc<Shared>,
-    conn_id: u64,
-    conn: quinn::Connection,
-    tx: mpsc::Sender<Bytes>,
-    close: Cancel,
+    conn: ConnRef,
+    /// The SDK's self-description from `Hello`; `None` until `Hello`.
     welcome: Option<String>,
     challenge: Option<Bytes>,
-    session: Option<Arc<SessionCtx>>,
+    ctx: Option<Arc<SessionCtx>>,
     logged_out: bool,
     bucket: Bucket,
-    in_flight: Arc<AtomicU32>,
+    in_flight: u32,
+    /// The peers whose presence this session watches (shared with subscribe tasks).
     watched: Arc<Mutex<HashSet<SessionKey>>>,
 }
 
-/// Serves one incoming connection until it ends.
-pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, conn_id: u64) {
-    let connecting = match incoming.accept() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(error = %e, "connection refused");
-            return;
-        }
-    };
-    let conn = match tokio::time::timeout(shared.config.login_timeout, connecting).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "QUIC handshake failed");
-            return;
-        }
-        Err(_) => return,
-    };
-    let (send, recv) =
-        match tokio::time::timeout(shared.config.login_timeout, conn.accept_bi()).await {
-            Ok(Ok(streams)) => streams,
-            _ => {
-                conn.close(
-                    (ConnectionCloseCode::IdleTimeout as u32).into(),
-                    b"no control stream",
-                );
-                return;
-            }
-        };
-    let limits = shared.config.limits;
-    let (tx, rx) = mpsc::channel(limits.queue_depth);
-    let mut c = Conn {
-        shared: Arc::clone(&shared),
-        conn_id,
-        conn: conn.clone(),
-        tx,
-        close: Cancel::default(),
-        welcome: None,
-        challenge: None,
-        session: None,
-        logged_out: false,
-        bucket: Bucket {
-            tokens: f64::from(limits.max_in_flight),
-            rate: f64::from(limits.requests_per_second),
-            burst: f64::from(limits.max_in_flight),
-            at: Instant::now(),
-        },
-        in_flight: Arc::new(AtomicU32::new(0)),
-        watched: Arc::default(),
-    };
-    let end = Box::pin(c.run(send, recv, rx)).await;
-    Box::pin(c.cleanup()).await;
-    if let End::Close(code, reason) = end {
-        // closing abandons unsent stream data: give the last frames (an error, a Kicked event)
-        // a moment to arrive, or the peer a moment to close first
-        let _ = tokio::time::timeout(CLOSE_GRACE, conn.closed()).await;
-        conn.close((code as u32).into(), reason.as_bytes());
-    }
-}
-
-impl Conn {
-    async fn run(
-        &mut self,
-        mut send: quinn::SendStream,
-        recv: quinn::RecvStream,
-        mut rx: mpsc::Receiver<Bytes>,
-    ) -> End {
-        let mut reader = FrameReader::new(recv);
-        let login_deadline = tokio::time::Instant::now() + self.shared.config.login_timeout;
-        let stop = self.shared.stop.clone();
-        let close = self.close.clone();
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => {
-                    let kicked = crate::kicked_frame(v1::KickReason::GatewayShutdown, "gateway shutting down");
-                    let _ = send.write_all(&kicked).await;
-                    return End::Close(ConnectionCloseCode::GoingAway, "gateway shutting down");
-                }
-                () = close.cancelled() => {
-                    while let Ok(frame) = rx.try_recv() {
-                        if send.write_all(&frame).await.is_err() {
-                            return End::Gone;
-                        }
-                    }
-                    let _ = send.finish();
-                    return End::Close(ConnectionCloseCode::Kicked, "session ended by the network");
-                }
-                () = tokio::time::sleep_until(login_deadline), if self.session.is_none() => {
-                    reject("login_timeout");
-                    return End::Close(ConnectionCloseCode::IdleTimeout, "no login in time");
-                }
-                frame = rx.recv() => {
-                    // the sender half lives in `self`, so the queue never ends here
-                    if let Some(frame) = frame && send.write_all(&frame).await.is_err() {
-                        return End::Gone;
-                    }
-                }
-                read = reader.read_frame::<v1::PeerRequest>() => {
-                    let request = match read {
-                        Ok(Some(request)) => request,
-                        Ok(None) => return End::Gone,
-                        Err(ReadFrameError::Frame(DecodeFrameError::Message(e))) => {
-                            reject("malformed_frame");
-                            let detail = error(ErrorCode::Invalid, format!("undecodable frame: {e}"));
-                            if send.write_all(&response(0, Res::Error(detail))).await.is_err() {
-                                return End::Gone;
-                            }
-                            continue;
-                        }
-                        Err(ReadFrameError::Frame(DecodeFrameError::TooLarge { .. })) => {
-                            reject("frame_too_large");
-                            return End::Close(ConnectionCloseCode::FrameTooLarge, "frame larger than 65536 bytes");
-                        }
-                        Err(ReadFrameError::Frame(DecodeFrameError::InvalidLengthPrefix)) => {
-                            reject("protocol_violation");
-                            return End::Close(ConnectionCloseCode::ProtocolViolation, "invalid frame length prefix");
-                        }
-                        Err(_) => return End::Gone,
-                    };
-                    // boxed: the login and checkpoint futures are large, and an idle session
-                    // should not carry their space in its task
-                    match Box::pin(self.handle(request)).await {
-                        Ok(Some(reply)) => {
-                            if send.write_all(&reply).await.is_err() {
-                                return End::Gone;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err((reply, code, reason)) => {
-                            if let Some(reply) = reply {
-                                let _ = send.write_all(&reply).await;
-                            }
-                            let _ = send.finish();
-                            return End::Close(code, reason);
-                        }
-                    }
-                }
-            }
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, conn: ConnRef) -> Session {
+        let limits = shared.config.limits;
+        Session {
+            shared,
+            conn,
+            welcome: None,
+            challenge: None,
+            ctx: None,
+            logged_out: false,
+            bucket: Bucket {
+                tokens: f64::from(limits.max_in_flight),
+                rate: f64::from(limits.requests_per_second),
+                burst: f64::from(limits.max_in_flight),
+                at: Instant::now(),
+            },
+            in_flight: 0,
+            watched: Arc::default(),
         }
     }
 
-    /// Handles one request: `Ok(Some(frame))` to write now, `Ok(None)` when a task answers later,
-    /// `Err` to close the connection (after writing the frame, if any).
-    #[allow(clippy::type_complexity)]
-    async fn handle(
-        &mut self,
-        request: v1::PeerRequest,
-    ) -> Result<Option<Bytes>, (Option<Bytes>, ConnectionCloseCode, &'static str)> {
+    /// Whether a peer is logged in on this connection.
+    pub(crate) fn logged_in(&self) -> bool {
+        self.ctx.is_some()
+    }
+
+    /// A request task answered.
+    pub(crate) fn answered(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// Handles one request; `remote` is the address the connection sees now.
+    pub(crate) fn on_request(&mut self, request: v1::PeerRequest, remote: SocketAddr) -> Step {
         let id = request.request_id;
-        let answer = |r: Res| Ok(Some(response(id, r)));
+        let answer = |r: Res| Step::Reply(response(id, r));
         let Some(body) = request.request else {
             reject("unsupported");
             return answer(Res::Error(error(
@@ -286,7 +206,7 @@ impl Conn {
                 )
             }));
         }
-        match (&body, self.welcome.is_some(), self.session.is_some()) {
+        match (&body, self.welcome.is_some(), self.ctx.is_some()) {
             (Request::Hello(_), false, _) => {}
             (Request::Hello(_), true, _) => {
                 reject("protocol_violation");
@@ -301,11 +221,11 @@ impl Conn {
                     id,
                     Res::Error(error(ErrorCode::Invalid, "the first frame must be Hello")),
                 );
-                return Err((
+                return Step::Close(
                     Some(reply),
                     ConnectionCloseCode::ProtocolViolation,
                     "no Hello first",
-                ));
+                );
             }
             (Request::GetChallenge(_) | Request::Login(_) | Request::SyncClock(_), true, _) => {}
             (_, true, false) => {
@@ -318,9 +238,9 @@ impl Conn {
             _ => {}
         }
         match body {
-            Request::Hello(hello) => self.hello(id, hello),
-            Request::GetChallenge(get) => Ok(Some(self.get_challenge(id, get).await)),
-            Request::Login(login) => self.login(id, login).await,
+            Request::Hello(hello) => self.hello(id, hello, remote),
+            Request::GetChallenge(get) => self.get_challenge(id, get, remote),
+            Request::Login(login) => self.login(id, login, remote),
             Request::SyncClock(sync) => {
                 let t1 = now_us();
                 answer(Res::ClockSample(v1::ClockSample {
@@ -329,11 +249,7 @@ impl Conn {
                     server_sent_us: now_us(),
                 }))
             }
-            Request::Logout(_) => {
-                self.logout().await;
-                let reply = response(id, Res::Ack(v1::Ack {}));
-                Err((Some(reply), ConnectionCloseCode::Unspecified, "logged out"))
-            }
+            Request::Logout(_) => self.logout(id),
             Request::UnsubscribePresence(u) => {
                 self.unsubscribe(u);
                 answer(Res::Ack(v1::Ack {}))
@@ -350,8 +266,7 @@ impl Conn {
             | Request::ReportPunchOutcome(_)
             | Request::ReportNat(_) => {
                 let max = self.shared.config.limits.max_in_flight;
-                if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
-                    self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                if self.in_flight >= max {
                     reject("too_many_in_flight");
                     return answer(Res::Error(ErrorDetail {
                         retry_after_ms: 50,
@@ -362,18 +277,14 @@ impl Conn {
                         )
                     }));
                 }
-                self.spawn_request(id, body);
-                Ok(None)
+                self.in_flight += 1;
+                self.spawn_request(id, body, remote);
+                Step::Nothing
             }
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn hello(
-        &mut self,
-        id: u64,
-        hello: v1::Hello,
-    ) -> Result<Option<Bytes>, (Option<Bytes>, ConnectionCloseCode, &'static str)> {
+    fn hello(&mut self, id: u64, hello: v1::Hello, remote: SocketAddr) -> Step {
         let max = hello.protocol_version;
         let min = if hello.min_protocol_version == 0 {
             max
@@ -389,15 +300,15 @@ impl Conn {
                     "this gateway speaks protocol version 1",
                 )),
             );
-            return Err((
+            return Step::Close(
                 Some(reply),
                 ConnectionCloseCode::VersionMismatch,
                 "no common version",
-            ));
+            );
         }
         let limits = self.shared.config.limits;
         self.welcome = Some(hello.sdk.chars().take(128).collect());
-        Ok(Some(response(
+        Step::Reply(response(
             id,
             Res::Welcome(v1::Welcome {
                 protocol_version: quickp2p_proto::PROTOCOL_VERSION,
@@ -413,179 +324,154 @@ impl Conn {
                     max_in_flight_requests: limits.max_in_flight,
                     max_presence_subscriptions: limits.max_presence_subscriptions,
                 }),
-                observed_address: Some(self.conn.remote_address().into()),
+                observed_address: Some(remote.into()),
             }),
-        )))
+        ))
     }
 
-    async fn get_challenge(&mut self, id: u64, get: v1::GetChallenge) -> Bytes {
+    /// Asks the checkpoint for a challenge; the stream waits for it.
+    fn get_challenge(&mut self, id: u64, get: v1::GetChallenge, remote: SocketAddr) -> Step {
         let request = v1::IssueChallengeRequest {
             gateway_id: self.shared.config.gateway_id.clone(),
             app_id: get.app_id,
-            peer_address: Some(self.conn.remote_address().into()),
+            peer_address: Some(remote.into()),
         };
-        match self
-            .shared
-            .checkpoint
-            .clone()
-            .issue_challenge(request)
-            .await
-        {
-            Ok(r) => {
-                let r = r.into_inner();
-                self.challenge = Some(r.challenge.clone());
-                response(
-                    id,
-                    Res::Challenge(v1::LoginChallenge {
-                        challenge: r.challenge,
-                        expires_at_unix_ms: r.expires_at_unix_ms,
-                    }),
-                )
-            }
-            Err(status) => {
-                reject("challenge_refused");
-                response(id, Res::Error(ErrorDetail::from_status(&status)))
-            }
-        }
+        let shared = Arc::clone(&self.shared);
+        let conn = self.conn.clone();
+        let span = tracing::debug_span!("get_challenge", request_id = id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let outcome = match shared.checkpoint.clone().issue_challenge(request).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        Resumed::Challenge {
+                            challenge: Some(r.challenge.clone()),
+                            reply: response(
+                                id,
+                                Res::Challenge(v1::LoginChallenge {
+                                    challenge: r.challenge,
+                                    expires_at_unix_ms: r.expires_at_unix_ms,
+                                }),
+                            ),
+                        }
+                    }
+                    Err(status) => {
+                        reject("challenge_refused");
+                        Resumed::Challenge {
+                            challenge: None,
+                            reply: response(id, Res::Error(ErrorDetail::from_status(&status))),
+                        }
+                    }
+                };
+                conn.resume(outcome);
+            },
+            span,
+        ));
+        Step::Pause
     }
 
-    #[allow(clippy::type_complexity)]
-    async fn login(
-        &mut self,
-        id: u64,
-        login: v1::Login,
-    ) -> Result<Option<Bytes>, (Option<Bytes>, ConnectionCloseCode, &'static str)> {
-        let fail = |detail: ErrorDetail| {
-            Err((
-                Some(response(id, Res::Error(detail))),
-                ConnectionCloseCode::Unauthenticated,
-                "login failed",
-            ))
-        };
-        if self.session.is_some() {
-            return Ok(Some(response(
+    /// Checks the login against the checkpoint and records the route; the stream waits for it.
+    fn login(&mut self, id: u64, login: v1::Login, remote: SocketAddr) -> Step {
+        if self.ctx.is_some() {
+            return Step::Reply(response(
                 id,
                 Res::Error(error(ErrorCode::Invalid, "already logged in")),
-            )));
+            ));
         }
         // a challenge is valid on the connection it was issued to, once
         if self.challenge.take().as_ref() != Some(&login.challenge) {
             reject("unauthenticated");
-            return fail(error(
+            let detail = error(
                 ErrorCode::Unauthenticated,
                 "the challenge was not issued on this connection (or was already used): get a new one",
-            ));
+            );
+            return Step::Close(
+                Some(response(id, Res::Error(detail))),
+                ConnectionCloseCode::Unauthenticated,
+                "login failed",
+            );
         }
-        let app_id = login.app_id.clone();
-        let request = v1::LoginRequest {
-            gateway_id: self.shared.config.gateway_id.clone(),
-            app_id: login.app_id,
-            challenge: login.challenge,
-            public_key: login.public_key.clone(),
-            signature: login.signature,
-            app_proof: login.app_proof,
-            app_secret_id: login.app_secret_id,
-            observed_address: Some(self.conn.remote_address().into()),
-            protocol_version: quickp2p_proto::PROTOCOL_VERSION,
-            sdk: self.welcome.clone().unwrap_or_default(),
-            previous_session_token: login.previous_session_token,
-        };
-        let had_previous = !request.previous_session_token.is_empty();
-        let started = now_ms();
-        let logged = match self.shared.checkpoint.clone().login(request).await {
-            Ok(r) => r.into_inner(),
-            Err(status) => {
-                let detail = ErrorDetail::from_status(&status);
-                if detail.code() == ErrorCode::Unavailable {
-                    reject("unavailable");
-                    return Ok(Some(response(id, Res::Error(detail))));
-                }
-                reject("unauthenticated");
-                return fail(detail);
-            }
-        };
-        let Some(session) = logged.session else {
-            return fail(error(ErrorCode::Internal, "checkpoint returned no session"));
-        };
-        let Some(peer) = session.peer.clone().filter(v1::PeerId::is_valid) else {
-            return fail(error(ErrorCode::Internal, "checkpoint returned no peer"));
-        };
-        let app = app_id.map(|a| a.value).unwrap_or_default();
-        let Ok(peer_key) = peer.public_key() else {
-            return fail(error(ErrorCode::Internal, "bad peer id"));
-        };
-        // decoded `bytes` fields share the gRPC response's buffer (8 KiB): copy what the session
-        // keeps, or every idle session holds a whole buffer
-        let ctx = Arc::new(SessionCtx {
-            app: app.clone(),
-            peer_hex: peer.to_string(),
-            peer: v1::PeerId::from_public_key(peer_key),
-            key: (app.clone(), peer_key),
-            token: Bytes::copy_from_slice(&logged.session_token),
-            replays_until: had_previous.then(|| Instant::now() + REPLAY_WINDOW),
-        });
-        if let Err(e) = self
-            .shared
-            .store
-            .set_route(
-                &app,
-                &ctx.peer_hex,
-                &self.shared.config.gateway_id,
-                self.shared.config.route_ttl,
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "route not recorded at login");
-            return Ok(Some(response(
-                id,
-                Res::Error(unavailable("shared state unavailable, retry")),
-            )));
-        }
-        let replaced = self.shared.registry.attach(
-            ctx.key.clone(),
-            Attached {
-                conn_id: self.conn_id,
-                tx: self.tx.clone(),
-                close: self.close.clone(),
+        let shared = Arc::clone(&self.shared);
+        let conn = self.conn.clone();
+        let sdk = self.welcome.clone().unwrap_or_default();
+        let span = tracing::debug_span!("login", request_id = id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let outcome = Box::pin(check_login(&shared, id, login, remote, sdk)).await;
+                conn.resume(Resumed::Login(outcome));
             },
-        );
-        if let Some(old) = replaced {
-            let _ = old.tx.try_send(crate::kicked_frame(
-                v1::KickReason::DuplicateSession,
-                "the same peer logged in on another connection",
-            ));
-            old.close.cancel();
-        }
-        tracing::debug!(peer = %ctx.peer_hex, app = %app, "peer logged in");
-        metrics::counter!("qp_gateway_logins_total").increment(1);
-        self.session = Some(ctx);
-        Ok(Some(response(
-            id,
-            Res::LoggedIn(v1::LoggedIn {
-                peer_id: Some(peer),
-                session_token: logged.session_token,
-                session_expires_at_unix_ms: session.expires_at_unix_ms,
-                heartbeat_interval_ms: logged.heartbeat_interval_ms,
-                resumed: had_previous && session.created_at_unix_ms < started,
-            }),
-        )))
+            span,
+        ));
+        Step::Pause
     }
 
-    async fn logout(&mut self) {
-        if let Some(ctx) = &self.session {
-            let request = v1::LogoutRequest {
-                session_token: ctx.token.clone(),
-                reason: v1::LogoutReason::PeerRequest as i32,
-            };
-            if let Err(status) = self.shared.checkpoint.clone().logout(request).await {
+    fn logout(&mut self, id: u64) -> Step {
+        let Some(ctx) = &self.ctx else {
+            let reply = response(id, Res::Ack(v1::Ack {}));
+            return Step::Close(Some(reply), ConnectionCloseCode::Unspecified, "logged out");
+        };
+        let request = v1::LogoutRequest {
+            session_token: ctx.token.clone(),
+            reason: v1::LogoutReason::PeerRequest as i32,
+        };
+        let shared = Arc::clone(&self.shared);
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            if let Err(status) = shared.checkpoint.clone().logout(request).await {
                 tracing::warn!(error = %status.message(), "logout not recorded");
             }
-            self.logged_out = true;
+            conn.resume(Resumed::LoggedOut {
+                reply: response(id, Res::Ack(v1::Ack {})),
+            });
+        });
+        Step::Pause
+    }
+
+    /// The outcome of the operation the stream waited for.
+    pub(crate) fn resume(&mut self, outcome: Resumed) -> Step {
+        match outcome {
+            Resumed::Challenge { reply, challenge } => {
+                self.challenge = challenge;
+                Step::Reply(reply)
+            }
+            Resumed::Login(LoginOutcome::Refused { reply, close: true }) => Step::Close(
+                Some(reply),
+                ConnectionCloseCode::Unauthenticated,
+                "login failed",
+            ),
+            Resumed::Login(LoginOutcome::Refused {
+                reply,
+                close: false,
+            }) => Step::Reply(reply),
+            Resumed::Login(LoginOutcome::LoggedIn { ctx, reply }) => {
+                let replaced = self.shared.registry.attach(
+                    ctx.key.clone(),
+                    Attached {
+                        conn: self.conn.clone(),
+                    },
+                );
+                if let Some(old) = replaced {
+                    old.conn.push_uncounted(crate::kicked_frame(
+                        v1::KickReason::DuplicateSession,
+                        "the same peer logged in on another connection",
+                    ));
+                    old.conn
+                        .close(ConnectionCloseCode::Kicked, "session ended by the network");
+                }
+                tracing::debug!(peer = %ctx.peer_hex, app = %ctx.app, "peer logged in");
+                metrics::counter!("qp_gateway_logins_total").increment(1);
+                self.ctx = Some(ctx);
+                Step::Reply(reply)
+            }
+            Resumed::LoggedOut { reply } => {
+                self.logged_out = true;
+                Step::Close(Some(reply), ConnectionCloseCode::Unspecified, "logged out")
+            }
         }
     }
 
     fn unsubscribe(&mut self, u: v1::UnsubscribePresence) {
-        let Some(ctx) = &self.session else { return };
+        let Some(ctx) = &self.ctx else { return };
         let mut watched = self
             .watched
             .lock()
@@ -601,21 +487,18 @@ impl Conn {
                 .collect()
         };
         for key in keys {
-            self.shared.registry.unwatch(&key, self.conn_id);
+            self.shared.registry.unwatch(&key, self.conn.id());
         }
     }
 
-    fn spawn_request(&self, id: u64, body: Request) {
-        let Some(ctx) = self.session.clone() else {
+    fn spawn_request(&self, id: u64, body: Request, remote: SocketAddr) {
+        let Some(ctx) = self.ctx.clone() else {
             return;
         };
         let shared = Arc::clone(&self.shared);
-        let tx = self.tx.clone();
-        let in_flight = Arc::clone(&self.in_flight);
+        let conn = self.conn.clone();
         let watched = Arc::clone(&self.watched);
-        let close = self.close.clone();
-        let conn_id = self.conn_id;
-        let observed: v1::SocketAddress = self.conn.remote_address().into();
+        let observed: v1::SocketAddress = remote.into();
         let span = tracing::debug_span!("peer_request", request_id = id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
@@ -623,11 +506,9 @@ impl Conn {
                     Request::SendMessage(m) => send_message(&shared, &ctx, m)
                         .await
                         .map(Res::MessageAccepted),
-                    Request::SubscribePresence(s) => {
-                        subscribe(&shared, &ctx, s, conn_id, &tx, &watched)
-                            .await
-                            .map(Res::Presence)
-                    }
+                    Request::SubscribePresence(s) => subscribe(&shared, &ctx, s, &conn, &watched)
+                        .await
+                        .map(Res::Presence),
                     Request::LookupPeer(l) => crate::index::lookup(&shared.index, &ctx.app, l)
                         .await
                         .map(Res::PeerRecord),
@@ -689,15 +570,12 @@ impl Conn {
                         if let Err(detail) = &outcome
                             && matches!(detail.code(), ErrorCode::Expired | ErrorCode::NotFound)
                         {
-                            let _ = tx.send(response(id, Res::Error(detail.clone()))).await;
-                            let _ = tx
-                                .send(crate::kicked_frame(
-                                    v1::KickReason::SessionExpired,
-                                    "the session expired: log in again",
-                                ))
-                                .await;
-                            close.cancel();
-                            in_flight.fetch_sub(1, Ordering::AcqRel);
+                            conn.answer(response(id, Res::Error(detail.clone())));
+                            conn.push_uncounted(crate::kicked_frame(
+                                v1::KickReason::SessionExpired,
+                                "the session expired: log in again",
+                            ));
+                            conn.close(ConnectionCloseCode::Kicked, "session ended by the network");
                             return;
                         }
                         outcome.map(Res::Heartbeat)
@@ -705,15 +583,17 @@ impl Conn {
                     _ => Err(error(ErrorCode::Unsupported, "unsupported")),
                 };
                 let result = result.unwrap_or_else(Res::Error);
-                let _ = tx.send(response(id, result)).await;
-                in_flight.fetch_sub(1, Ordering::AcqRel);
+                conn.answer(response(id, result));
             },
             span,
         ));
     }
 
-    async fn cleanup(&mut self) {
-        let Some(ctx) = self.session.take() else {
+    /// The session ends (the connection is closing or gone): detached here at once; the route
+    /// and, unless the peer logged out or the gateway is shutting down (the peer then resumes
+    /// its session on another gateway), the checkpoint session are cleared in a task.
+    pub(crate) fn end(self, stopping: bool, cleanups: &mut tokio::task::JoinSet<()>) {
+        let Some(ctx) = self.ctx else {
             return;
         };
         let watched: HashSet<SessionKey> = std::mem::take(
@@ -722,29 +602,146 @@ impl Conn {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        self.shared.registry.unwatch_all(&watched, self.conn_id);
-        let ours = self.shared.registry.detach(&ctx.key, self.conn_id);
-        if ours
-            && let Err(e) = self
-                .shared
-                .store
-                .clear_route(&ctx.app, &ctx.peer_hex, &self.shared.config.gateway_id)
-                .await
-        {
-            tracing::warn!(error = %e, "route not cleared");
+        let conn_id = self.conn.id();
+        self.shared.registry.unwatch_all(&watched, conn_id);
+        let ours = self.shared.registry.detach(&ctx.key, conn_id);
+        if !ours {
+            return;
         }
-        // On shutdown the session stays: the peer resumes it on another gateway.
-        if !self.logged_out && ours && !self.shared.stop.is_cancelled() {
-            let request = v1::LogoutRequest {
-                session_token: ctx.token.clone(),
-                reason: v1::LogoutReason::ConnectionLost as i32,
-            };
-            if let Err(status) = self.shared.checkpoint.clone().logout(request).await {
-                tracing::warn!(error = %status.message(), "logout after connection loss not recorded");
+        cleanups.spawn(cleanup(self.shared, ctx, !self.logged_out && !stopping));
+    }
+}
+
+/// Clears the route of a session that ended here, and logs it out of the checkpoint when
+/// `logout` (connection lost).
+async fn cleanup(shared: Arc<Shared>, ctx: Arc<SessionCtx>, logout: bool) {
+    if let Err(e) = shared
+        .store
+        .clear_route(&ctx.app, &ctx.peer_hex, &shared.config.gateway_id)
+        .await
+    {
+        tracing::warn!(error = %e, "route not cleared");
+    }
+    if logout {
+        let request = v1::LogoutRequest {
+            session_token: ctx.token.clone(),
+            reason: v1::LogoutReason::ConnectionLost as i32,
+        };
+        if let Err(status) = shared.checkpoint.clone().logout(request).await {
+            tracing::warn!(error = %status.message(), "logout after connection loss not recorded");
+        }
+    }
+    tracing::debug!(peer = %ctx.peer_hex, "session detached");
+}
+
+/// An operation's outcome whose connection is gone: a login that succeeded meanwhile is undone
+/// like a session that ended.
+pub(crate) fn abandon(
+    shared: &Arc<Shared>,
+    outcome: Resumed,
+    cleanups: &mut tokio::task::JoinSet<()>,
+    stopping: bool,
+) {
+    if let Resumed::Login(LoginOutcome::LoggedIn { ctx, .. }) = outcome {
+        cleanups.spawn(cleanup(Arc::clone(shared), ctx, !stopping));
+    }
+}
+
+/// The login check: the checkpoint verifies the credentials and the key's signature, then the
+/// route peer → this gateway is recorded.
+async fn check_login(
+    shared: &Shared,
+    id: u64,
+    login: v1::Login,
+    remote: SocketAddr,
+    sdk: String,
+) -> LoginOutcome {
+    let refused = |detail: ErrorDetail| LoginOutcome::Refused {
+        reply: response(id, Res::Error(detail)),
+        close: true,
+    };
+    let app_id = login.app_id.clone();
+    let request = v1::LoginRequest {
+        gateway_id: shared.config.gateway_id.clone(),
+        app_id: login.app_id,
+        challenge: login.challenge,
+        public_key: login.public_key.clone(),
+        signature: login.signature,
+        app_proof: login.app_proof,
+        app_secret_id: login.app_secret_id,
+        observed_address: Some(remote.into()),
+        protocol_version: quickp2p_proto::PROTOCOL_VERSION,
+        sdk,
+        previous_session_token: login.previous_session_token,
+    };
+    let had_previous = !request.previous_session_token.is_empty();
+    let started = now_ms();
+    let logged = match shared.checkpoint.clone().login(request).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            let detail = ErrorDetail::from_status(&status);
+            if detail.code() == ErrorCode::Unavailable {
+                reject("unavailable");
+                return LoginOutcome::Refused {
+                    reply: response(id, Res::Error(detail)),
+                    close: false,
+                };
             }
+            reject("unauthenticated");
+            return refused(detail);
         }
-        tracing::debug!(peer = %ctx.peer_hex, "session detached");
-        let _ = &ctx.peer;
+    };
+    let Some(session) = logged.session else {
+        return refused(error(ErrorCode::Internal, "checkpoint returned no session"));
+    };
+    let Some(peer) = session.peer.clone().filter(v1::PeerId::is_valid) else {
+        return refused(error(ErrorCode::Internal, "checkpoint returned no peer"));
+    };
+    let app = app_id.map(|a| a.value).unwrap_or_default();
+    let Ok(peer_key) = peer.public_key() else {
+        return refused(error(ErrorCode::Internal, "bad peer id"));
+    };
+    // decoded `bytes` fields share the gRPC response's buffer (8 KiB): copy what the session
+    // keeps, or every idle session holds a whole buffer
+    let ctx = Arc::new(SessionCtx {
+        app: app.clone(),
+        peer_hex: peer.to_string(),
+        peer: v1::PeerId::from_public_key(peer_key),
+        key: (app.clone(), peer_key),
+        token: Bytes::copy_from_slice(&logged.session_token),
+        replays_until: had_previous.then(|| Instant::now() + REPLAY_WINDOW),
+    });
+    if let Err(e) = shared
+        .store
+        .set_route(
+            &app,
+            &ctx.peer_hex,
+            &shared.config.gateway_id,
+            shared.config.route_ttl,
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "route not recorded at login");
+        return LoginOutcome::Refused {
+            reply: response(
+                id,
+                Res::Error(unavailable("shared state unavailable, retry")),
+            ),
+            close: false,
+        };
+    }
+    LoginOutcome::LoggedIn {
+        reply: response(
+            id,
+            Res::LoggedIn(v1::LoggedIn {
+                peer_id: Some(peer),
+                session_token: logged.session_token,
+                session_expires_at_unix_ms: session.expires_at_unix_ms,
+                heartbeat_interval_ms: logged.heartbeat_interval_ms,
+                resumed: had_previous && session.created_at_unix_ms < started,
+            }),
+        ),
+        ctx,
     }
 }
 
@@ -959,8 +956,7 @@ async fn subscribe(
     shared: &Shared,
     ctx: &SessionCtx,
     s: v1::SubscribePresence,
-    conn_id: u64,
-    tx: &mpsc::Sender<Bytes>,
+    conn: &ConnRef,
     watched: &Mutex<HashSet<SessionKey>>,
 ) -> Result<v1::PresenceSnapshot, ErrorDetail> {
     if s.peers.is_empty() || s.peers.len() > 256 || s.peers.iter().any(|p| !p.is_valid()) {
@@ -994,7 +990,7 @@ async fn subscribe(
         }
         // watch before reading, so no change between the snapshot and the events is missed
         for key in new {
-            shared.registry.watch(key.clone(), conn_id, tx.clone());
+            shared.registry.watch(key.clone(), conn.clone());
             set.insert(key);
         }
     }

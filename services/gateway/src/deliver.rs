@@ -130,7 +130,7 @@ impl Deliver for DeliverService {
         let frame = crate::remote::event_frame(event);
         let (mut accepted, mut queue_full) = (0, 0);
         for session in self.shared.registry.of_app(&app) {
-            if session.tx.try_send(frame.clone()).is_ok() {
+            if session.conn.push(frame.clone()).is_ok() {
                 accepted += 1;
             } else {
                 queue_full += 1;
@@ -158,12 +158,15 @@ impl Deliver for DeliverService {
             }));
         };
         let kicked = req.kicked.unwrap_or_default();
-        let _ = session
-            .tx
-            .try_send(crate::remote::event_frame(v1::PeerEvent {
+        session
+            .conn
+            .push_uncounted(crate::remote::event_frame(v1::PeerEvent {
                 event: Some(v1::peer_event::Event::Kicked(kicked)),
             }));
-        session.close.cancel();
+        session.conn.close(
+            v1::ConnectionCloseCode::Kicked,
+            "session ended by the network",
+        );
         Ok(Response::new(v1::DeliverKickResponse {
             was_attached: true,
         }))

@@ -31,6 +31,7 @@
 pub mod config;
 mod connection;
 mod deliver;
+mod endpoint;
 mod handshake;
 mod heartbeat;
 mod index;
@@ -41,7 +42,6 @@ pub mod tls;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -56,6 +56,7 @@ use tracing::Instrument as _;
 
 pub use crate::config::{Args, CertSource, Config, Limits};
 pub use crate::deliver::DeliverService;
+pub use crate::endpoint::ConnRef;
 pub use crate::registry::Registry;
 pub use crate::remote::GATEWAY_ROLE;
 
@@ -108,6 +109,9 @@ pub enum RunError {
     /// The Deliver gRPC server failed.
     #[error("the Deliver gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The QUIC listener's socket failed.
+    #[error("the QUIC listener failed: {0}")]
+    Quic(std::io::Error),
 }
 
 /// Where a bound gateway listens.
@@ -188,7 +192,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Gateway {
     shared: Arc<Shared>,
-    endpoint: quinn::Endpoint,
+    endpoint: endpoint::Driver,
     grpc: tokio::net::TcpListener,
     addresses: Addresses,
     fingerprint: [u8; 32],
@@ -207,22 +211,6 @@ impl Gateway {
                 addr: config.udp_addr,
                 source,
             })?;
-        let mut endpoint_config = quinn::EndpointConfig::default();
-        // peers demultiplex one socket by first byte (RFC 9443): never grease the QUIC bit
-        endpoint_config.grease_quic_bit(false);
-        let runtime = quinn::default_runtime().ok_or_else(|| BindError::Udp {
-            addr: config.udp_addr,
-            source: std::io::Error::other("no async runtime"),
-        })?;
-        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
-            .map_err(|source| BindError::Udp {
-                addr: config.udp_addr,
-                source,
-            })?;
-        let quic = endpoint.local_addr().map_err(|source| BindError::Udp {
-            addr: config.udp_addr,
-            source,
-        })?;
         let std_grpc =
             std::net::TcpListener::bind(config.grpc_addr).map_err(|source| BindError::Grpc {
                 addr: config.grpc_addr,
@@ -247,20 +235,29 @@ impl Gateway {
             &config.gateway_id,
         )?;
         let (heartbeats, beats) = mpsc::channel(4096);
-        let advertised_quic = config.advertised_quic.unwrap_or(quic);
+        let udp_addr = config.udp_addr;
+        let shared = Arc::new(Shared {
+            registry: Registry::default(),
+            peers: remote::Peers::new(store.clone()),
+            checkpoint,
+            index,
+            handshake,
+            heartbeats,
+            stop: Shutdown::new(),
+            routes: std::sync::Mutex::default(),
+            store,
+            config,
+        });
+        let udp_error = |source| BindError::Udp {
+            addr: udp_addr,
+            source,
+        };
+        let endpoint = endpoint::Driver::new(Arc::clone(&shared), socket, server)
+            .map_err(|endpoint::EndpointError::Io(e)| udp_error(e))?;
+        let quic = endpoint.local_addr().map_err(udp_error)?;
+        let advertised_quic = shared.config.advertised_quic.unwrap_or(quic);
         Ok(Gateway {
-            shared: Arc::new(Shared {
-                registry: Registry::default(),
-                peers: remote::Peers::new(store.clone()),
-                checkpoint,
-                index,
-                handshake,
-                heartbeats,
-                stop: Shutdown::new(),
-                routes: std::sync::Mutex::default(),
-                store,
-                config,
-            }),
+            shared,
             endpoint,
             grpc,
             addresses: Addresses {
@@ -335,47 +332,36 @@ impl Gateway {
         );
         self.ready.set(true);
         tracing::info!(parent: &span, quic = %self.addresses.quic, grpc = %self.addresses.grpc, "gateway running");
-        let next_conn = AtomicU64::new(1);
-        let mut connections = tokio::task::JoinSet::new();
+        let mut quic = tokio::spawn(self.endpoint.run().instrument(span.clone()));
         let mut result = Ok(());
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                finished = &mut grpc => {
-                    if let Ok(Err(e)) = finished {
-                        tracing::error!(parent: &span, error = %e, "Deliver gRPC server failed");
-                        result = Err(RunError::Grpc(e));
-                    }
-                    break;
+        let mut quic_done = false;
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            finished = &mut grpc => {
+                if let Ok(Err(e)) = finished {
+                    tracing::error!(parent: &span, error = %e, "Deliver gRPC server failed");
+                    result = Err(RunError::Grpc(e));
                 }
-                incoming = self.endpoint.accept() => {
-                    let Some(incoming) = incoming else { break };
-                    let id = next_conn.fetch_add(1, Ordering::Relaxed);
-                    connections.spawn(
-                        connection::serve(Arc::clone(&shared), incoming, id).instrument(span.clone()),
-                    );
+            }
+            finished = &mut quic => {
+                quic_done = true;
+                if let Ok(Err(e)) = finished {
+                    tracing::error!(parent: &span, error = %e, "QUIC listener failed");
+                    result = Err(RunError::Quic(e));
                 }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
         self.ready.set(false);
+        // the endpoint tells every peer to go away, closes and drains their connections (at most
+        // DRAIN_TIMEOUT, then closes the rest), and waits for their sessions' cleanup
         shared.stop.cancel();
         let _ = shared
             .store
             .deregister_replica(GATEWAY_ROLE, &shared.config.gateway_id)
             .await;
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            connections.abort_all();
+        if !quic_done {
+            let _ = quic.await;
         }
-        self.endpoint.close(
-            (v1::ConnectionCloseCode::GoingAway as u32).into(),
-            b"gateway shutting down",
-        );
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         tasks.abort_all();
         if !grpc.is_finished() {
             let _ = tokio::time::timeout(Duration::from_secs(1), &mut grpc).await;

@@ -1,16 +1,16 @@
 //! The sessions attached to this gateway and who watches whose presence.
 //!
-//! Each attached session has an outbound queue of encoded `GatewayFrame`s (bounded: its depth is
-//! the per-peer queue limit) drained by its connection task. Deliveries from anywhere — a local
-//! sender, the Deliver gRPC service, presence events — go through [`Registry::deliver`], which
-//! never waits: a full queue is refused (`QUEUE_FULL`).
+//! Each attached session is reached through its connection's [`ConnRef`]: frames queued to it
+//! count against the per-peer queue depth until the endpoint task writes them to the peer's
+//! stream. Deliveries from anywhere — a local sender, the Deliver gRPC service, presence events —
+//! go through [`Registry::deliver`], which never waits: a full queue is refused (`QUEUE_FULL`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio_util_lite::Cancel;
+
+use crate::endpoint::ConnRef;
 
 /// A session's key: application id and peer id bytes.
 pub type SessionKey = (String, [u8; 32]);
@@ -27,12 +27,8 @@ pub enum QueueError {
 /// One attached session.
 #[derive(Debug, Clone)]
 pub struct Attached {
-    /// The connection's id (unique in this process).
-    pub conn_id: u64,
-    /// Its outbound queue.
-    pub tx: mpsc::Sender<Bytes>,
-    /// Cancelled to close the connection (kick, duplicate session).
-    pub close: Cancel,
+    /// Its connection: queue frames to the peer, close it (kick, duplicate session).
+    pub conn: ConnRef,
 }
 
 /// Sessions and presence watchers.
@@ -40,7 +36,7 @@ pub struct Attached {
 pub struct Registry {
     sessions: Mutex<HashMap<SessionKey, Attached>>,
     /// (app, watched peer) → watching connections.
-    watchers: Mutex<HashMap<SessionKey, HashMap<u64, mpsc::Sender<Bytes>>>>,
+    watchers: Mutex<HashMap<SessionKey, HashMap<u64, ConnRef>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -59,7 +55,7 @@ impl Registry {
     pub fn detach(&self, key: &SessionKey, conn_id: u64) -> bool {
         let mut sessions = lock(&self.sessions);
         let removed = match sessions.get(key) {
-            Some(a) if a.conn_id == conn_id => sessions.remove(key).is_some(),
+            Some(a) if a.conn.id() == conn_id => sessions.remove(key).is_some(),
             _ => false,
         };
         let n = sessions.len();
@@ -85,11 +81,8 @@ impl Registry {
 
     /// Queues an encoded frame to a peer attached here, without waiting.
     pub fn deliver(&self, key: &SessionKey, frame: Bytes) -> Result<(), QueueError> {
-        let tx = self.get(key).ok_or(QueueError::NotAttached)?.tx;
-        tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => QueueError::Full,
-            mpsc::error::TrySendError::Closed(_) => QueueError::NotAttached,
-        })
+        let attached = self.get(key).ok_or(QueueError::NotAttached)?;
+        attached.conn.push(frame)
     }
 
     /// [`Registry::deliver`] as the status the Deliver service and the sender's gateway answer.
@@ -120,12 +113,12 @@ impl Registry {
         lock(&self.sessions).values().cloned().collect()
     }
 
-    /// `conn_id` watches `watched`.
-    pub fn watch(&self, watched: SessionKey, conn_id: u64, tx: mpsc::Sender<Bytes>) {
+    /// `conn` watches `watched`.
+    pub fn watch(&self, watched: SessionKey, conn: ConnRef) {
         lock(&self.watchers)
             .entry(watched)
             .or_default()
-            .insert(conn_id, tx);
+            .insert(conn.id(), conn);
     }
 
     /// `conn_id` stops watching `watched`.
@@ -148,49 +141,13 @@ impl Registry {
 
     /// Queues `frame` to every watcher of `watched`; returns how many got it.
     pub fn notify_watchers(&self, watched: &SessionKey, frame: &Bytes) -> usize {
-        let targets: Vec<mpsc::Sender<Bytes>> = lock(&self.watchers)
+        let targets: Vec<ConnRef> = lock(&self.watchers)
             .get(watched)
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default();
         targets
             .into_iter()
-            .filter(|tx| tx.try_send(frame.clone()).is_ok())
+            .filter(|conn| conn.push(frame.clone()).is_ok())
             .count()
-    }
-}
-
-/// A tiny cancellation flag (a `Notify` plus a bit), enough to close a connection from outside.
-pub mod tokio_util_lite {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use tokio::sync::Notify;
-
-    /// Cancelled once; waiters wake.
-    #[derive(Debug, Clone, Default)]
-    pub struct Cancel(Arc<(AtomicBool, Notify)>);
-
-    impl Cancel {
-        /// Cancels.
-        pub fn cancel(&self) {
-            self.0.0.store(true, Ordering::Release);
-            self.0.1.notify_waiters();
-        }
-
-        /// Whether it was cancelled.
-        pub fn is_cancelled(&self) -> bool {
-            self.0.0.load(Ordering::Acquire)
-        }
-
-        /// Resolves once cancelled.
-        pub async fn cancelled(&self) {
-            loop {
-                let notified = self.0.1.notified();
-                if self.is_cancelled() {
-                    return;
-                }
-                notified.await;
-            }
-        }
     }
 }
