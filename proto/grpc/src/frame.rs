@@ -252,6 +252,15 @@ impl FrameDecoder {
         }
     }
 
+    /// Gives back the buffer's memory when no bytes are waiting in it. An emptied buffer may
+    /// still share (and keep alive) the allocation the last frame came from; a holder of many
+    /// idle decoders (a gateway, one per session) calls this after pulling frames.
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.failed.is_none() {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// The next complete frame's payload, `Ok(None)` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, DecodeFrameError> {
         if let Some(err) = &self.failed {

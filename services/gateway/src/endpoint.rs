@@ -287,6 +287,8 @@ impl Entry {
                 }
             }
         }
+        // an idle session keeps no queue memory
+        self.out = VecDeque::new();
         if let Some(closing) = &mut self.closing
             && !closing.finished
         {
@@ -1007,6 +1009,8 @@ impl Entry {
                 };
                 self.apply(step, now);
             }
+            // an idle session keeps no buffer (an emptied one may pin its last datagram)
+            self.decoder.release_if_empty();
             if self.paused {
                 return true;
             }

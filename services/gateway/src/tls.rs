@@ -100,6 +100,10 @@ impl Identity {
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
         tls.alpn_protocols = vec![quickp2p_proto::ALPN.to_vec()];
         tls.max_early_data_size = 0;
+        // no session resumption: a reconnecting peer logs in again anyway, and tickets cost every
+        // connection two CRYPTO frames kept until acknowledged and an entry in a session cache
+        tls.send_tls13_tickets = 0;
+        tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| TlsError::Quic(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
