@@ -774,8 +774,6 @@ async fn heartbeat(
 
 /// Most bytes of a client_message_id.
 const MAX_CLIENT_MESSAGE_ID: usize = 32;
-/// How long a client_message_id is remembered for deduplication.
-const DEDUP_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn store_unavailable(e: &quickp2p_store::StoreError) -> ErrorDetail {
     tracing::warn!(error = %e, "store error");
@@ -899,17 +897,9 @@ async fn send_message(
     if let Some(key) = dedup_key {
         let mut value = accepted_at.to_be_bytes().to_vec();
         value.extend_from_slice(&message_id);
-        // written off the acceptance path: the record is read only by a replay, which comes
-        // after a reconnect, long after this write
-        let store = shared.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store
-                .put_ephemeral(&key, Bytes::from(value), DEDUP_TTL)
-                .await
-            {
-                tracing::debug!(error = %e, "dedup record not stored");
-            }
-        });
+        // written off the acceptance path, in batches: the record is read only by a replay,
+        // which comes after a reconnect, long after this write
+        crate::dedup::remember(&shared.dedup, (key, Bytes::from(value)));
     }
     metrics::counter!("qp_gateway_messages_total", "outcome" => "accepted").increment(1);
     Ok(v1::MessageAccepted {

@@ -30,6 +30,7 @@
 
 pub mod config;
 mod connection;
+mod dedup;
 mod deliver;
 mod endpoint;
 mod handshake;
@@ -141,6 +142,8 @@ pub(crate) struct Shared {
     pub(crate) handshake: handshake::HandshakeBackend,
     pub(crate) peers: remote::Peers,
     pub(crate) heartbeats: mpsc::Sender<heartbeat::Beat>,
+    /// Deduplication records on their way to the store.
+    pub(crate) dedup: mpsc::Sender<dedup::Record>,
     pub(crate) stop: Shutdown,
     /// Recently read routes (app, peer hex) → (gateway id, when read).
     routes: std::sync::Mutex<HashMap<(String, String), (String, Instant)>>,
@@ -197,6 +200,7 @@ pub struct Gateway {
     addresses: Addresses,
     fingerprint: [u8; 32],
     beats: mpsc::Receiver<heartbeat::Beat>,
+    dedup_records: mpsc::Receiver<dedup::Record>,
     ready: ReadyFlag,
 }
 
@@ -235,6 +239,7 @@ impl Gateway {
             &config.gateway_id,
         )?;
         let (heartbeats, beats) = mpsc::channel(4096);
+        let (dedup, dedup_records) = mpsc::channel(dedup::QUEUE);
         let udp_addr = config.udp_addr;
         let shared = Arc::new(Shared {
             registry: Registry::default(),
@@ -243,6 +248,7 @@ impl Gateway {
             index,
             handshake,
             heartbeats,
+            dedup,
             stop: Shutdown::new(),
             routes: std::sync::Mutex::default(),
             store,
@@ -268,6 +274,7 @@ impl Gateway {
             },
             fingerprint: identity.fingerprint,
             beats,
+            dedup_records,
             ready: Readiness::new().flag("unused"),
         })
     }
@@ -309,6 +316,7 @@ impl Gateway {
         let span = tracing::info_span!("gateway", id = %shared.config.gateway_id);
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(heartbeat::run(Arc::clone(&shared), self.beats).instrument(span.clone()));
+        tasks.spawn(dedup::run(Arc::clone(&shared), self.dedup_records).instrument(span.clone()));
         tasks.spawn(register(Arc::clone(&shared), self.addresses.clone()).instrument(span.clone()));
         tasks.spawn(presence_events(Arc::clone(&shared)).instrument(span.clone()));
         let grpc_stop = shared.stop.clone();

@@ -612,6 +612,22 @@ impl EmbeddedBackend {
         Ok(true)
     }
 
+    pub(crate) fn put_ephemeral_many(
+        &self,
+        entries: &[(String, Bytes)],
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let now = Instant::now();
+        state.ephemeral.sweep(now);
+        for (key, value) in entries {
+            state
+                .ephemeral
+                .insert(key.clone(), value.clone(), deadline(now, ttl_ms));
+        }
+        Ok(())
+    }
+
     pub(crate) fn get_ephemeral(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let mut state = self.state();
         state.ephemeral.sweep(Instant::now());

@@ -609,6 +609,32 @@ impl Store {
         dispatch!(self.put_ephemeral(key, value, ttl, false)).map(|_| ())
     }
 
+    /// Stores many short-lived values with the same `ttl` in one round trip (a pipeline on one
+    /// Redis; on a cluster, one command per key sent together, since the keys live in different
+    /// slots). Not atomic: after an error some values may be stored. All keys and values are
+    /// checked before anything is written; at most [`limits::MAX_BATCH`] at once.
+    pub async fn put_ephemeral_many(
+        &self,
+        entries: &[(String, Bytes)],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if entries.len() > limits::MAX_BATCH {
+            return Err(StoreError::invalid(format!(
+                "ephemeral batch: {} entries, at most {} at once",
+                entries.len(),
+                limits::MAX_BATCH
+            )));
+        }
+        let mut ttl_ms = limits::ttl(ttl)?;
+        for (key, value) in entries {
+            ttl_ms = check_ephemeral(key, value, ttl)?;
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self.put_ephemeral_many(entries, ttl_ms))
+    }
+
     /// Stores a short-lived value only if the key holds none; true if it stored it.
     pub async fn put_ephemeral_if_absent(
         &self,

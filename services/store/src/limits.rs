@@ -31,6 +31,8 @@ pub const MAX_PAGE_LIMIT: u32 = 1000;
 /// Largest number of expired peers one call purges on the side (lazy sweep); the rest is left to
 /// later calls or to [`crate::Store::sweep_expired_peers`].
 pub const SWEEP_BATCH: usize = 32;
+/// Largest number of entries one batched write ([`crate::Store::put_ephemeral_many`]) takes.
+pub const MAX_BATCH: usize = 1024;
 /// Largest number of live replicas [`crate::Store::list_replicas`] returns.
 pub const MAX_REPLICAS_LISTED: usize = 10_000;
 /// Largest number of fields [`crate::Store::get_counter_map`] returns.

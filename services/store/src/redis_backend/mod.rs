@@ -652,6 +652,40 @@ impl RedisBackend {
         Ok(reply.is_some())
     }
 
+    pub(crate) async fn put_ephemeral_many(
+        &self,
+        entries: &[(String, Bytes)],
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let set = |key: &str, value: &Bytes| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.keys.ephemeral(key))
+                .arg(value.as_ref())
+                .arg("PX")
+                .arg(ttl_ms);
+            cmd
+        };
+        if matches!(self.topology, Topology::Cluster(_)) {
+            // the keys hash to different slots: one command each, all in flight together
+            let writes = entries.iter().map(|(key, value)| {
+                self.query::<Option<String>>("put_ephemeral_many", set(key, value))
+            });
+            for result in futures::future::join_all(writes).await {
+                result?;
+            }
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (key, value) in entries {
+            pipe.add_command(set(key, value)).ignore();
+        }
+        self.timed("put_ephemeral_many", async {
+            let mut conn = self.conn().await?;
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
     pub(crate) async fn get_ephemeral(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.keys.ephemeral(key));

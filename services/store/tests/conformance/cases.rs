@@ -44,6 +44,7 @@ macro_rules! all_cases {
             event_channels,
             counters,
             ephemeral_values_and_ttl,
+            ephemeral_batches_write_every_entry_or_none,
             take_is_once_only,
             put_if_absent_has_one_winner,
             replica_registry_expiry,
@@ -1317,6 +1318,65 @@ pub async fn ephemeral_values_and_ttl(store: Store) {
         store.take_ephemeral("empty").await.unwrap(),
         Some(Bytes::new())
     );
+}
+
+pub async fn ephemeral_batches_write_every_entry_or_none(store: Store) {
+    store.put_ephemeral_many(&[], LONG_TTL).await.unwrap();
+    // enough keys to land in every slot range of a cluster
+    let entries: Vec<(String, Bytes)> = (0..300)
+        .map(|i| (format!("dedup:{i}"), Bytes::from(format!("value {i}"))))
+        .collect();
+    store.put_ephemeral_many(&entries, LONG_TTL).await.unwrap();
+    for (key, value) in &entries {
+        assert_eq!(
+            store.get_ephemeral(key).await.unwrap().as_ref(),
+            Some(value),
+            "{key}"
+        );
+    }
+    // a batch replaces what was there, like single puts
+    store
+        .put_ephemeral_many(
+            &[("dedup:0".to_owned(), Bytes::from_static(b"new"))],
+            LONG_TTL,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_ephemeral("dedup:0").await.unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
+    // one invalid key refuses the whole batch before anything is written
+    let bad = vec![
+        ("fine".to_owned(), Bytes::from_static(b"x")),
+        ("bad{key}".to_owned(), Bytes::from_static(b"x")),
+    ];
+    let err = store.put_ephemeral_many(&bad, LONG_TTL).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput { .. }), "{err:?}");
+    assert_eq!(store.get_ephemeral("fine").await.unwrap(), None);
+    let too_many: Vec<(String, Bytes)> = (0..=quickp2p_store::limits::MAX_BATCH)
+        .map(|i| (format!("k{i}"), Bytes::new()))
+        .collect();
+    let err = store
+        .put_ephemeral_many(&too_many, LONG_TTL)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput { .. }), "{err:?}");
+    assert_eq!(store.get_ephemeral("k0").await.unwrap(), None);
+    // the TTL applies to every entry
+    store
+        .put_ephemeral_many(
+            &[
+                ("brief-a".to_owned(), Bytes::from_static(b"a")),
+                ("brief-b".to_owned(), Bytes::from_static(b"b")),
+            ],
+            SHORT_TTL,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    assert_eq!(store.get_ephemeral("brief-a").await.unwrap(), None);
+    assert_eq!(store.get_ephemeral("brief-b").await.unwrap(), None);
 }
 
 pub async fn take_is_once_only(store: Store) {
