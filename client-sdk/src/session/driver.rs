@@ -550,7 +550,14 @@ impl Driver {
     async fn serve(&mut self, link: &mut Link) -> Exit {
         let mut heartbeat = tokio::time::interval(link.heartbeat);
         heartbeat.tick().await;
+        // one timer for the clock samples, moved when `next_clock` changes: a fresh `sleep_until`
+        // in the select would register and cancel a timer on every frame and command
+        let clock = tokio::time::sleep_until(self.next_clock);
+        tokio::pin!(clock);
         loop {
+            if clock.deadline() != self.next_clock {
+                clock.as_mut().reset(self.next_clock);
+            }
             tokio::select! {
                 command = self.commands.recv() => {
                     let Some(command) = command else {
@@ -585,7 +592,7 @@ impl Driver {
                         }
                     }
                 }
-                () = tokio::time::sleep_until(self.next_clock) => {
+                () = &mut clock => {
                     if let Err(e) = self.write_clock_sample(link).await {
                         return Exit::Lost(e);
                     }
