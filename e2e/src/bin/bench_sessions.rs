@@ -57,6 +57,10 @@ struct Args {
     /// Idle sessions for the memory phase (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
+    /// Seconds the idle sessions stay open after the memory figure is printed (to look at the
+    /// gateway with a profiler meanwhile).
+    #[arg(long, default_value_t = 0)]
+    hold_idle: u64,
     /// Payload size in bytes (at least 16).
     #[arg(long, default_value_t = 64)]
     payload: usize,
@@ -466,49 +470,57 @@ async fn phase(
             let accepted = Arc::clone(&accepted);
             let errors = Arc::clone(&errors);
             senders.push(tokio::spawn(async move {
+                use futures::StreamExt as _;
                 let mut local = Vec::new();
-                let mut next = tokio::time::Instant::now();
-                if let Some(p) = pace {
-                    // spread the peers over the interval
-                    next += p.mul_f64((i * lanes + lane) as f64 / (half * 2) as f64);
-                }
-                // paced: open loop (a send starts every interval, whatever the answers do);
-                // unpaced: closed loop (the next send starts when the previous is answered)
-                let mut inflight = tokio::task::JoinSet::new();
                 let record = |r: Option<u64>, local: &mut Vec<u64>| match r {
                     Some(lat) => local.push(lat),
                     None => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                 };
-                while Instant::now() < stop_at {
-                    if let Some(p) = pace {
-                        tokio::time::sleep_until(next).await;
-                        next += p;
-                    }
+                let send = |from: Session, to: quickp2p::session::PeerId| async move {
                     let t = epoch.elapsed().as_micros() as u64;
                     let mut body = vec![0u8; payload];
                     body[..8].copy_from_slice(&t.to_be_bytes());
-                    let from = from.clone();
-                    let to = to.clone();
-                    let send = async move {
-                        from.send_message(&to, body)
-                            .await
-                            .ok()
-                            .map(|_| (epoch.elapsed().as_micros() as u64).saturating_sub(t))
-                    };
-                    if pace.is_some() {
-                        inflight.spawn(send);
-                        while let Some(r) = inflight.try_join_next() {
-                            record(r.ok().flatten(), &mut local);
+                    from.send_message(&to, body)
+                        .await
+                        .ok()
+                        .map(|_| (epoch.elapsed().as_micros() as u64).saturating_sub(t))
+                };
+                match pace {
+                    // open loop: a send starts every interval, whatever the answers do; the
+                    // sends in flight are polled here (no task per message: the load generator
+                    // shares the cores with what it measures)
+                    Some(p) => {
+                        // spread the peers over the interval
+                        let start = tokio::time::Instant::now()
+                            + p.mul_f64((i * lanes + lane) as f64 / (half * 2) as f64);
+                        let mut ticks = tokio::time::interval_at(start, p);
+                        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                        let mut inflight = futures::stream::FuturesUnordered::new();
+                        while Instant::now() < stop_at {
+                            tokio::select! {
+                                _ = ticks.tick() => {
+                                    if Instant::now() < stop_at {
+                                        inflight.push(send(from.clone(), to.clone()));
+                                    }
+                                }
+                                Some(r) = inflight.next(), if !inflight.is_empty() => {
+                                    record(r, &mut local);
+                                }
+                            }
                         }
-                    } else {
-                        let r = send.await;
-                        record(r, &mut local);
+                        while let Some(r) = inflight.next().await {
+                            record(r, &mut local);
+                        }
                     }
-                }
-                while let Some(r) = inflight.join_next().await {
-                    record(r.ok().flatten(), &mut local);
+                    // closed loop: the next send starts when the previous is answered
+                    None => {
+                        while Instant::now() < stop_at {
+                            let r = send(from.clone(), to.clone()).await;
+                            record(r, &mut local);
+                        }
+                    }
                 }
                 accepted.lock().await.extend(local);
             }));
@@ -525,9 +537,10 @@ async fn phase(
     let accepted = std::mem::take(&mut *accepted.lock().await);
     let delivered = std::mem::take(&mut *delivered.lock().await);
     println!(
-        "  accepted {:.0} msg/s ({} in {:.1} s), delivered {}, errors {}",
-        accepted.len() as f64 / elapsed.as_secs_f64(),
+        "  accepted {:.0} msg/s ({} sent in {:.1} s, answered within {:.1} s), delivered {}, errors {}",
+        accepted.len() as f64 / duration.as_secs_f64(),
         accepted.len(),
+        duration.as_secs_f64(),
         elapsed.as_secs_f64(),
         received.load(Ordering::Relaxed),
         errors.load(Ordering::Relaxed)
@@ -610,6 +623,14 @@ async fn main() -> anyhow::Result<()> {
             after,
             (after.saturating_sub(before)) as f64 / idle.len() as f64
         );
+        if args.hold_idle > 0 {
+            println!(
+                "holding the idle sessions for {} s (gateway 3 is pid {})",
+                args.hold_idle,
+                gw.0.id()
+            );
+            tokio::time::sleep(Duration::from_secs(args.hold_idle)).await;
+        }
     }
     Ok(())
 }
