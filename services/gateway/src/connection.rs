@@ -277,9 +277,10 @@ impl Session {
                         )
                     }));
                 }
-                self.in_flight += 1;
-                self.spawn_request(id, body, remote);
-                Step::Nothing
+                match body {
+                    Request::SendMessage(m) => self.send_fast(id, m, remote),
+                    body => self.spawn_counted(id, body, remote),
+                }
             }
         }
     }
@@ -781,11 +782,22 @@ fn store_unavailable(e: &quickp2p_store::StoreError) -> ErrorDetail {
     unavailable("shared state unavailable, retry")
 }
 
-async fn send_message(
+/// A validated message on its way: what every delivery path needs.
+struct Outgoing {
+    recipient: v1::PeerId,
+    recipient_key: [u8; 32],
+    dedup_key: Option<String>,
+    message_id: Bytes,
+    accepted_at: u64,
+    event: v1::PeerEvent,
+}
+
+/// Checks a `SendMessage` against the limits and builds the event the recipient gets.
+fn prepare_send(
     shared: &Shared,
     ctx: &SessionCtx,
     m: v1::SendMessage,
-) -> Result<v1::MessageAccepted, ErrorDetail> {
+) -> Result<Outgoing, ErrorDetail> {
     let limit = shared.config.limits.max_message_bytes;
     if m.payload.len() > limit as usize {
         reject("too_large");
@@ -798,7 +810,10 @@ async fn send_message(
             )
         });
     }
-    let Some(recipient) = m.recipient.filter(v1::PeerId::is_valid) else {
+    let recipient = m.recipient.filter(v1::PeerId::is_valid);
+    let Some((recipient, recipient_key)) =
+        recipient.and_then(|r| r.public_key().ok().map(|k| (r, k)))
+    else {
         reject("invalid");
         return Err(ErrorDetail {
             field: "send_message.recipient".into(),
@@ -815,7 +830,6 @@ async fn send_message(
             ..error(ErrorCode::Invalid, "client_message_id is at most 32 bytes")
         });
     }
-    let recipient_hex = recipient.to_string();
     let dedup_key = (!m.client_message_id.is_empty()).then(|| {
         format!(
             "dedup:{}:{}:{}",
@@ -824,32 +838,6 @@ async fn send_message(
             hex::encode(&m.client_message_id)
         )
     });
-    // the dedup check runs alongside the route lookup
-    let may_be_replay = ctx
-        .replays_until
-        .is_some_and(|until| Instant::now() < until);
-    let dedup_check = async {
-        match &dedup_key {
-            Some(key) if may_be_replay => shared.store.get_ephemeral(key).await,
-            _ => Ok(None),
-        }
-    };
-    let (seen, route) = tokio::join!(dedup_check, shared.route(&ctx.app, &recipient_hex, false));
-    match seen {
-        Ok(Some(raw)) if raw.len() > 8 => {
-            let (at, id) = raw.split_at(8);
-            let mut ms = [0u8; 8];
-            ms.copy_from_slice(at);
-            metrics::counter!("qp_gateway_messages_total", "outcome" => "duplicate").increment(1);
-            return Ok(v1::MessageAccepted {
-                message_id: Bytes::copy_from_slice(id),
-                accepted_at_unix_ms: u64::from_be_bytes(ms),
-                duplicate: true,
-            });
-        }
-        Ok(_) => {}
-        Err(e) => return Err(store_unavailable(&e)),
-    }
     let message_id = Bytes::copy_from_slice(&crate::random_bytes::<16>());
     let accepted_at = now_ms();
     let event = v1::PeerEvent {
@@ -861,52 +849,218 @@ async fn send_message(
             accepted_at_unix_ms: accepted_at,
         })),
     };
-    let offline = || {
-        reject("peer_offline");
-        error(ErrorCode::PeerOffline, "the recipient is not online")
-    };
-    let route = route.map_err(|e| store_unavailable(&e))?;
-    // a cached route may be stale (the peer moved): on a miss, look it up again once
-    let mut status = match route {
-        Some(gw) => deliver_to(shared, ctx, &gw, &recipient, &event).await,
-        None => Ok(v1::DeliveryStatus::NotAttached),
-    };
-    if !matches!(
-        status,
-        Ok(v1::DeliveryStatus::Accepted | v1::DeliveryStatus::QueueFull)
-    ) {
-        status = match shared.route(&ctx.app, &recipient_hex, true).await {
-            Ok(Some(gw)) => deliver_to(shared, ctx, &gw, &recipient, &event).await,
-            Ok(None) => return Err(offline()),
-            Err(e) => return Err(store_unavailable(&e)),
-        };
-    }
-    let status = status?;
-    match status {
-        v1::DeliveryStatus::Accepted => {}
-        v1::DeliveryStatus::QueueFull => {
-            reject("queue_full");
-            return Err(ErrorDetail {
-                retry_after_ms: 100,
-                limit: shared.config.limits.queue_depth as u64,
-                ..error(ErrorCode::QueueFull, "the recipient's queue is full")
-            });
-        }
-        _ => return Err(offline()),
-    }
-    if let Some(key) = dedup_key {
-        let mut value = accepted_at.to_be_bytes().to_vec();
-        value.extend_from_slice(&message_id);
+    Ok(Outgoing {
+        recipient,
+        recipient_key,
+        dedup_key,
+        message_id,
+        accepted_at,
+        event,
+    })
+}
+
+/// The answer to a message the recipient's gateway accepted; its dedup record goes to the store.
+fn accepted(shared: &Shared, out: Outgoing) -> v1::MessageAccepted {
+    if let Some(key) = out.dedup_key {
+        let mut value = out.accepted_at.to_be_bytes().to_vec();
+        value.extend_from_slice(&out.message_id);
         // written off the acceptance path, in batches: the record is read only by a replay,
         // which comes after a reconnect, long after this write
         crate::dedup::remember(&shared.dedup, (key, Bytes::from(value)));
     }
     metrics::counter!("qp_gateway_messages_total", "outcome" => "accepted").increment(1);
-    Ok(v1::MessageAccepted {
-        message_id,
-        accepted_at_unix_ms: accepted_at,
+    v1::MessageAccepted {
+        message_id: out.message_id,
+        accepted_at_unix_ms: out.accepted_at,
         duplicate: false,
-    })
+    }
+}
+
+fn queue_full(shared: &Shared) -> ErrorDetail {
+    reject("queue_full");
+    ErrorDetail {
+        retry_after_ms: 100,
+        limit: shared.config.limits.queue_depth as u64,
+        ..error(ErrorCode::QueueFull, "the recipient's queue is full")
+    }
+}
+
+fn peer_offline() -> ErrorDetail {
+    reject("peer_offline");
+    error(ErrorCode::PeerOffline, "the recipient is not online")
+}
+
+/// A delivery stream to `gateway` failed: forget it (unless it was only busy) and tell the
+/// sender to retry.
+fn link_failed(shared: &Shared, gateway: &str, e: crate::remote::LinkError) -> ErrorDetail {
+    if e != crate::remote::LinkError::Busy {
+        shared.peers.forget(gateway);
+    }
+    tracing::warn!(%gateway, error = %e, "delivery to another gateway failed");
+    reject("unavailable");
+    unavailable(format!("{e}, retry"))
+}
+
+impl Session {
+    /// `SendMessage` without a task of its own when the recipient's route is cached: queued here
+    /// at once, or handed to the delivery stream to its gateway, whose answer becomes the
+    /// peer's answer in the stream's task. Everything else (a replay window, a route to read,
+    /// a stale route) takes the general path in a task.
+    fn send_fast(&mut self, id: u64, m: v1::SendMessage, remote: SocketAddr) -> Step {
+        let Some(ctx) = self.ctx.clone() else {
+            return Step::Nothing;
+        };
+        if ctx
+            .replays_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return self.spawn_counted(id, Request::SendMessage(m), remote);
+        }
+        let shared = Arc::clone(&self.shared);
+        let out = match prepare_send(&shared, &ctx, m) {
+            Ok(out) => out,
+            Err(detail) => return Step::Reply(response(id, Res::Error(detail))),
+        };
+        let Some(gateway) = shared.cached_route(&ctx.app, &out.recipient_key) else {
+            return self.spawn_send(id, ctx, out, false);
+        };
+        if *gateway == *shared.config.gateway_id {
+            let key = (ctx.app.clone(), out.recipient_key);
+            let frame = crate::remote::event_frame(out.event.clone());
+            return match shared.registry.deliver_status(&key, frame) {
+                v1::DeliveryStatus::Accepted => {
+                    Step::Reply(response(id, Res::MessageAccepted(accepted(&shared, out))))
+                }
+                v1::DeliveryStatus::QueueFull => {
+                    Step::Reply(response(id, Res::Error(queue_full(&shared))))
+                }
+                // the cached route is stale: read it again
+                _ => self.spawn_send(id, ctx, out, true),
+            };
+        }
+        let Some(link) = shared.peers.cached_link(&gateway) else {
+            return self.spawn_send(id, ctx, out, false);
+        };
+        self.in_flight += 1;
+        let conn = self.conn.clone();
+        let (app, recipient, event) = (ctx.app.clone(), out.recipient.clone(), out.event.clone());
+        let done = crate::remote::Completion::call(move |status| {
+            let answer = match status {
+                Ok(v1::DeliveryStatus::Accepted) => Res::MessageAccepted(accepted(&shared, out)),
+                Ok(v1::DeliveryStatus::QueueFull) => Res::Error(queue_full(&shared)),
+                // the peer moved: the general path reads the route again
+                Ok(_) => {
+                    tokio::spawn(async move {
+                        let result = deliver_message(&shared, &ctx, out, true).await;
+                        conn.answer(response(
+                            id,
+                            result.map_or_else(Res::Error, Res::MessageAccepted),
+                        ));
+                    });
+                    return;
+                }
+                Err(e) => Res::Error(link_failed(&shared, &gateway, e)),
+            };
+            conn.answer(response(id, answer));
+        });
+        link.submit(&app, &recipient, event, done);
+        Step::Nothing
+    }
+
+    /// Delivers a prepared message in a task (the route is read from the store when `fresh`).
+    fn spawn_send(&mut self, id: u64, ctx: Arc<SessionCtx>, out: Outgoing, fresh: bool) -> Step {
+        self.in_flight += 1;
+        let shared = Arc::clone(&self.shared);
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            let result = deliver_message(&shared, &ctx, out, fresh).await;
+            conn.answer(response(
+                id,
+                result.map_or_else(Res::Error, Res::MessageAccepted),
+            ));
+        });
+        Step::Nothing
+    }
+
+    /// Runs a request in its own task, counted in flight.
+    fn spawn_counted(&mut self, id: u64, body: Request, remote: SocketAddr) -> Step {
+        self.in_flight += 1;
+        self.spawn_request(id, body, remote);
+        Step::Nothing
+    }
+}
+
+/// `SendMessage` the general way: a resend within the replay window is answered from its dedup
+/// record; otherwise the message is delivered.
+async fn send_message(
+    shared: &Shared,
+    ctx: &SessionCtx,
+    m: v1::SendMessage,
+) -> Result<v1::MessageAccepted, ErrorDetail> {
+    let out = prepare_send(shared, ctx, m)?;
+    let may_be_replay = ctx
+        .replays_until
+        .is_some_and(|until| Instant::now() < until);
+    if let Some(key) = &out.dedup_key
+        && may_be_replay
+    {
+        match shared.store.get_ephemeral(key).await {
+            Ok(Some(raw)) if raw.len() > 8 => {
+                let (at, id) = raw.split_at(8);
+                let mut ms = [0u8; 8];
+                ms.copy_from_slice(at);
+                metrics::counter!("qp_gateway_messages_total", "outcome" => "duplicate")
+                    .increment(1);
+                return Ok(v1::MessageAccepted {
+                    message_id: Bytes::copy_from_slice(id),
+                    accepted_at_unix_ms: u64::from_be_bytes(ms),
+                    duplicate: true,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => return Err(store_unavailable(&e)),
+        }
+    }
+    deliver_message(shared, ctx, out, false).await
+}
+
+/// Delivers a prepared message through the recipient's route (read from the store when
+/// `fresh`, else from the cache); a cached route that turns out stale is read again once.
+async fn deliver_message(
+    shared: &Shared,
+    ctx: &SessionCtx,
+    out: Outgoing,
+    fresh: bool,
+) -> Result<v1::MessageAccepted, ErrorDetail> {
+    let recipient_hex = out.recipient.to_string();
+    let route = shared
+        .route(&ctx.app, &out.recipient_key, &recipient_hex, fresh)
+        .await
+        .map_err(|e| store_unavailable(&e))?;
+    let mut status = match route {
+        Some(gw) => deliver_to(shared, ctx, &gw, &out.recipient, &out.event).await,
+        None => Ok(v1::DeliveryStatus::NotAttached),
+    };
+    if !fresh
+        && !matches!(
+            status,
+            Ok(v1::DeliveryStatus::Accepted | v1::DeliveryStatus::QueueFull)
+        )
+    {
+        status = match shared
+            .route(&ctx.app, &out.recipient_key, &recipient_hex, true)
+            .await
+        {
+            Ok(Some(gw)) => deliver_to(shared, ctx, &gw, &out.recipient, &out.event).await,
+            Ok(None) => return Err(peer_offline()),
+            Err(e) => return Err(store_unavailable(&e)),
+        };
+    }
+    match status? {
+        v1::DeliveryStatus::Accepted => Ok(accepted(shared, out)),
+        v1::DeliveryStatus::QueueFull => Err(queue_full(shared)),
+        _ => Err(peer_offline()),
+    }
 }
 
 /// Queues `event` to `recipient` through gateway `gateway` (this one, or another replica's
@@ -929,17 +1083,9 @@ async fn deliver_to(
         Ok(None) => return Ok(v1::DeliveryStatus::NotAttached),
         Err(e) => return Err(store_unavailable(&e)),
     };
-    match link.deliver(&ctx.app, recipient, event.clone()).await {
-        Ok(status) => Ok(status),
-        Err(e) => {
-            if e != crate::remote::LinkError::Busy {
-                shared.peers.forget(gateway);
-            }
-            tracing::warn!(%gateway, error = %e, "delivery to another gateway failed");
-            reject("unavailable");
-            Err(unavailable(format!("{e}, retry")))
-        }
-    }
+    link.deliver(&ctx.app, recipient, event.clone())
+        .await
+        .map_err(|e| link_failed(shared, gateway, e))
 }
 
 async fn subscribe(

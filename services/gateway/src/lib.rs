@@ -145,8 +145,8 @@ pub(crate) struct Shared {
     /// Deduplication records on their way to the store.
     pub(crate) dedup: mpsc::Sender<dedup::Record>,
     pub(crate) stop: Shutdown,
-    /// Recently read routes (app, peer hex) → (gateway id, when read).
-    routes: std::sync::Mutex<HashMap<(String, String), (String, Instant)>>,
+    /// Recently read routes.
+    routes: std::sync::Mutex<RouteCache>,
 }
 
 /// How long a route read from the store is reused; a miss on it triggers a fresh read.
@@ -154,37 +154,68 @@ const ROUTE_CACHE: Duration = Duration::from_secs(1);
 /// Most routes cached before the cache is emptied.
 const ROUTE_CACHE_MAX: usize = 100_000;
 
+/// Recently read routes: application → peer key → (gateway id, when read). Looked up with
+/// borrowed keys, so a cached route costs no allocation.
+#[derive(Debug, Default)]
+pub(crate) struct RouteCache {
+    by_app: HashMap<String, HashMap<[u8; 32], CachedRoute>>,
+    len: usize,
+}
+
+/// A route read from the store: the gateway id, and when it was read.
+type CachedRoute = (Arc<str>, Instant);
+
 impl Shared {
-    /// The gateway holding a peer's session: from the cache unless `fresh`, else from the store.
+    fn routes(&self) -> std::sync::MutexGuard<'_, RouteCache> {
+        self.routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The gateway holding a peer's session if a read of it is still fresh in the cache.
+    pub(crate) fn cached_route(&self, app: &str, peer: &[u8; 32]) -> Option<Arc<str>> {
+        let routes = self.routes();
+        let (gw, at) = routes.by_app.get(app)?.get(peer)?;
+        (at.elapsed() < ROUTE_CACHE).then(|| Arc::clone(gw))
+    }
+
+    /// The gateway holding a peer's session (`peer` and its hex form): from the cache unless
+    /// `fresh`, else from the store.
     pub(crate) async fn route(
         &self,
         app: &str,
-        peer: &str,
+        peer: &[u8; 32],
+        peer_hex: &str,
         fresh: bool,
-    ) -> Result<Option<String>, quickp2p_store::StoreError> {
-        let key = (app.to_owned(), peer.to_owned());
-        let lock = || {
-            self.routes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
-        if !fresh
-            && let Some((gw, at)) = lock().get(&key)
-            && at.elapsed() < ROUTE_CACHE
-        {
-            return Ok(Some(gw.clone()));
+    ) -> Result<Option<Arc<str>>, quickp2p_store::StoreError> {
+        if !fresh && let Some(gw) = self.cached_route(app, peer) {
+            return Ok(Some(gw));
         }
-        let route = self.store.get_route(app, peer).await?;
-        let mut routes = lock();
-        if routes.len() >= ROUTE_CACHE_MAX {
-            routes.clear();
+        let route: Option<Arc<str>> = self.store.get_route(app, peer_hex).await?.map(Arc::from);
+        let mut routes = self.routes();
+        if routes.len >= ROUTE_CACHE_MAX {
+            *routes = RouteCache::default();
         }
+        let RouteCache { by_app, len } = &mut *routes;
         match &route {
             Some(gw) => {
-                routes.insert(key, (gw.clone(), Instant::now()));
+                let peers = match by_app.get_mut(app) {
+                    Some(peers) => peers,
+                    None => by_app.entry(app.to_owned()).or_default(),
+                };
+                if peers
+                    .insert(*peer, (Arc::clone(gw), Instant::now()))
+                    .is_none()
+                {
+                    *len += 1;
+                }
             }
             None => {
-                routes.remove(&key);
+                if let Some(peers) = by_app.get_mut(app)
+                    && peers.remove(peer).is_some()
+                {
+                    *len -= 1;
+                }
             }
         }
         Ok(route)

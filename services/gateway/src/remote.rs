@@ -132,6 +132,13 @@ impl Peers {
         }
     }
 
+    /// The open delivery stream to gateway `gateway_id`, if one is cached (no store read).
+    pub(crate) fn cached_link(&self, gateway_id: &str) -> Option<DeliverLink> {
+        let cache = self.lock();
+        let url = cache.endpoints.get(gateway_id)?;
+        cache.links.get(url).filter(|l| l.is_open()).cloned()
+    }
+
     /// The delivery stream to gateway `gateway_id` (opened on first use), if it is registered.
     pub async fn link(
         &self,
@@ -194,16 +201,66 @@ pub enum LinkError {
     Timeout,
 }
 
-/// One item waiting to be sent, and who waits for its status.
+/// Who hears an item's status: an awaiting caller, or a function called in the link's task
+/// (the endpoint's fast path, which then answers its peer without a task of its own). A
+/// completion that is dropped unanswered tells its caller [`LinkError::Broken`].
+pub(crate) struct Completion(Option<Done>);
+
+enum Done {
+    Caller(oneshot::Sender<Result<v1::DeliveryStatus, LinkError>>),
+    Call(Box<dyn FnOnce(Result<v1::DeliveryStatus, LinkError>) + Send>),
+}
+
+impl Completion {
+    /// Calls `f` with the status (in the link's task, so it must not block).
+    pub(crate) fn call(
+        f: impl FnOnce(Result<v1::DeliveryStatus, LinkError>) + Send + 'static,
+    ) -> Self {
+        Completion(Some(Done::Call(Box::new(f))))
+    }
+
+    fn finish(mut self, result: Result<v1::DeliveryStatus, LinkError>) {
+        match self.0.take() {
+            Some(Done::Caller(tx)) => {
+                let _ = tx.send(result);
+            }
+            Some(Done::Call(f)) => f(result),
+            None => {}
+        }
+    }
+
+    /// Whether nobody waits any more (an awaiting caller gave up).
+    fn abandoned(&self) -> bool {
+        matches!(&self.0, Some(Done::Caller(tx)) if tx.is_closed())
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            Completion(Some(done)).finish(Err(LinkError::Broken));
+        }
+    }
+}
+
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Completion")
+    }
+}
+
+/// One item waiting to be sent, and who hears its status.
 #[derive(Debug)]
 struct Queued {
     item: v1::DeliverItem,
-    done: oneshot::Sender<v1::DeliveryStatus>,
+    done: Completion,
 }
 
 /// A long-lived `DeliverStream` to one other gateway replica. Items queued while the stream is
 /// busy go out together in one batch; each caller gets its own item's status. When the stream
-/// breaks, every unanswered caller gets [`LinkError::Broken`] and the next item opens a new one.
+/// breaks, every unanswered caller gets [`LinkError::Broken`] and the next item opens a new one;
+/// an item unanswered for [`CALL_TIMEOUT`] fails every waiting item with
+/// [`LinkError::Timeout`] and the stream is opened anew.
 #[derive(Debug, Clone)]
 pub struct DeliverLink {
     tx: mpsc::Sender<Queued>,
@@ -223,7 +280,20 @@ impl DeliverLink {
         recipient: &v1::PeerId,
         event: v1::PeerEvent,
     ) -> Result<v1::DeliveryStatus, LinkError> {
-        let (done, status) = oneshot::channel();
+        let (tx, status) = oneshot::channel();
+        self.submit(app, recipient, event, Completion(Some(Done::Caller(tx))));
+        status.await.unwrap_or(Err(LinkError::Broken))
+    }
+
+    /// Queues `event` to `recipient` of `app` without waiting; `done` hears the status (at once
+    /// when the link is full or gone).
+    pub(crate) fn submit(
+        &self,
+        app: &str,
+        recipient: &v1::PeerId,
+        event: v1::PeerEvent,
+        done: Completion,
+    ) {
         let item = v1::DeliverItem {
             seq: 0,
             app_id: Some(v1::AppId::new(app.to_owned())),
@@ -231,17 +301,18 @@ impl DeliverLink {
             event: Some(event),
             traceparent: quickp2p_service_kit::telemetry::current_traceparent(),
         };
-        self.tx
-            .try_send(Queued { item, done })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => LinkError::Busy,
-                mpsc::error::TrySendError::Closed(_) => LinkError::Broken,
-            })?;
-        match tokio::time::timeout(CALL_TIMEOUT, status).await {
-            Ok(Ok(status)) => Ok(status),
-            Ok(Err(_)) => Err(LinkError::Broken),
-            Err(_) => Err(LinkError::Timeout),
+        if let Err(e) = self.tx.try_send(Queued { item, done }) {
+            let (error, queued) = match e {
+                mpsc::error::TrySendError::Full(q) => (LinkError::Busy, q),
+                mpsc::error::TrySendError::Closed(q) => (LinkError::Broken, q),
+            };
+            queued.done.finish(Err(error));
         }
+    }
+
+    /// Whether the link's task still runs.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.tx.is_closed()
     }
 }
 
@@ -266,20 +337,30 @@ async fn run_link(
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) => {
                 tracing::warn!(%gateway, error = %status.message(), "delivery stream refused");
-                drop(next); // its caller sees Broken
+                next.done.finish(Err(LinkError::Broken));
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
             Err(_) => {
                 tracing::warn!(%gateway, "delivery stream not opened in time");
-                drop(next);
+                next.done.finish(Err(LinkError::Timeout));
                 continue;
             }
         };
         metrics::counter!("qp_gateway_deliver_streams_opened_total").increment(1);
-        let mut waiting: VecDeque<(u64, oneshot::Sender<v1::DeliveryStatus>)> = VecDeque::new();
+        // (seq, sent at, completion), oldest first
+        let mut waiting: VecDeque<(u64, Instant, Completion)> = VecDeque::new();
         let mut pending = Some(next);
+        // one timer for the oldest unanswered item, instead of one per caller
+        let overdue = tokio::time::sleep(CALL_TIMEOUT);
+        tokio::pin!(overdue);
         loop {
+            if let Some((_, sent, _)) = waiting.front() {
+                let due = tokio::time::Instant::from_std(*sent + CALL_TIMEOUT);
+                if overdue.deadline() != due {
+                    overdue.as_mut().reset(due);
+                }
+            }
             tokio::select! {
                 biased;
                 answer = inbound.message() => match answer {
@@ -287,12 +368,12 @@ async fn run_link(
                         for r in result.results {
                             let status = r.status();
                             // answers come in order: anything older than this one was lost
-                            while let Some((s, done)) = waiting.pop_front() {
+                            while let Some((s, _, done)) = waiting.pop_front() {
                                 if s == r.seq {
-                                    let _ = done.send(status);
+                                    done.finish(Ok(status));
                                     break;
                                 }
-                                drop(done);
+                                done.finish(Err(LinkError::Broken));
                             }
                         }
                     }
@@ -317,15 +398,16 @@ async fn run_link(
                         return;
                     };
                     let mut items = Vec::with_capacity(8);
+                    let now = Instant::now();
                     let mut push = |q: Queued, items: &mut Vec<v1::DeliverItem>| {
-                        if q.done.is_closed() {
+                        if q.done.abandoned() {
                             return; // its caller gave up
                         }
                         seq += 1;
                         let mut item = q.item;
                         item.seq = seq;
                         items.push(item);
-                        waiting.push_back((seq, q.done));
+                        waiting.push_back((seq, now, q.done));
                     };
                     push(q, &mut items);
                     while items.len() < MAX_BATCH {
@@ -350,10 +432,19 @@ async fn run_link(
                         }
                     }
                 }
+                () = &mut overdue, if !waiting.is_empty() => {
+                    tracing::warn!(%gateway, waiting = waiting.len(), "delivery stream answers overdue");
+                    for (_, _, done) in waiting.drain(..) {
+                        done.finish(Err(LinkError::Timeout));
+                    }
+                    break;
+                }
             }
         }
-        // unanswered callers see Broken when their senders drop here
-        drop(waiting);
+        // unanswered callers hear it broke
+        for (_, _, done) in waiting.drain(..) {
+            done.finish(Err(LinkError::Broken));
+        }
         if rx.is_closed() && rx.is_empty() {
             return;
         }
