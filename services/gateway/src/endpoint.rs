@@ -1048,3 +1048,57 @@ impl Entry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn conn_ref(depth: u32) -> (ConnRef, mpsc::UnboundedReceiver<Command>) {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let conn = ConnRef {
+            id: ConnId { slot: 3, serial: 7 },
+            queued: Arc::new(AtomicU32::new(0)),
+            depth,
+            commands,
+        };
+        (conn, rx)
+    }
+
+    #[test]
+    fn pushes_beyond_the_queue_depth_are_refused_until_frames_are_written() {
+        let (conn, mut rx) = conn_ref(2);
+        assert_eq!(conn.push(Bytes::from_static(b"a")), Ok(()));
+        assert_eq!(conn.push(Bytes::from_static(b"b")), Ok(()));
+        assert_eq!(conn.push(Bytes::from_static(b"c")), Err(QueueError::Full));
+        // answers and kicks do not count against the depth, and still get through
+        conn.answer(Bytes::from_static(b"answer"));
+        conn.push_uncounted(Bytes::from_static(b"kicked"));
+        let mut counted = 0;
+        while let Ok(command) = rx.try_recv() {
+            match command {
+                Command::Frame { counted: true, .. } => counted += 1,
+                Command::Frame { counted: false, .. } | Command::Answer { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(counted, 2);
+        // the endpoint wrote one frame to the stream: one more fits
+        conn.queued.fetch_sub(1, Ordering::AcqRel);
+        assert_eq!(conn.push(Bytes::from_static(b"d")), Ok(()));
+        assert_eq!(conn.push(Bytes::from_static(b"e")), Err(QueueError::Full));
+    }
+
+    #[test]
+    fn a_push_to_a_gone_endpoint_is_not_attached_and_holds_no_depth() {
+        let (conn, rx) = conn_ref(1);
+        drop(rx);
+        assert_eq!(
+            conn.push(Bytes::from_static(b"a")),
+            Err(QueueError::NotAttached)
+        );
+        assert_eq!(conn.queued.load(Ordering::Acquire), 0);
+        assert_eq!(conn.id(), 7);
+    }
+}

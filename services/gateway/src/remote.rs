@@ -580,4 +580,116 @@ mod tests {
         assert_eq!(c, Ok(v1::DeliveryStatus::Accepted));
         assert_eq!(server.opened.load(Ordering::SeqCst), 2);
     }
+
+    /// A Deliver server whose streams take batches and never answer.
+    #[derive(Clone, Default)]
+    struct Silent {
+        opened: Arc<AtomicUsize>,
+    }
+
+    #[tonic::async_trait]
+    impl Deliver for Silent {
+        type DeliverStreamStream = Answers;
+
+        async fn deliver_stream(
+            &self,
+            request: Request<tonic::Streaming<v1::DeliverBatch>>,
+        ) -> Result<Response<Answers>, Status> {
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            let mut batches = request.into_inner();
+            // read (so the sender is not stalled) but answer nothing
+            let answers = silence(async move { while let Some(Ok(_)) = batches.next().await {} });
+            Ok(Response::new(answers))
+        }
+
+        async fn deliver(
+            &self,
+            _: Request<v1::DeliverRequest>,
+        ) -> Result<Response<v1::DeliverResponse>, Status> {
+            Err(Status::unimplemented("stream only"))
+        }
+
+        async fn broadcast(
+            &self,
+            _: Request<v1::DeliverBroadcastRequest>,
+        ) -> Result<Response<v1::DeliverBroadcastResponse>, Status> {
+            Err(Status::unimplemented("stream only"))
+        }
+
+        async fn kick(
+            &self,
+            _: Request<v1::DeliverKickRequest>,
+        ) -> Result<Response<v1::DeliverKickResponse>, Status> {
+            Err(Status::unimplemented("stream only"))
+        }
+    }
+
+    /// A stream of answers that yields none while `drain` runs, then ends.
+    fn silence(drain: impl std::future::Future<Output = ()> + Send + 'static) -> Answers {
+        Box::pin(futures::stream::once(drain).filter_map(|()| std::future::ready(None)))
+    }
+
+    #[tokio::test]
+    async fn unanswered_items_time_out_through_their_completions_and_the_stream_reopens() {
+        let server = Silent::default();
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let url = format!("http://{}", incoming.local_addr().unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(DeliverServer::new(server.clone()))
+                .serve_with_incoming(incoming),
+        );
+        let client = DeliverClient::with_interceptor(
+            channel(&url).unwrap(),
+            inject_trace_context as fn(_) -> _,
+        );
+        let link = DeliverLink::open(client, "test".into(), "gw-silent".into());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let started = Instant::now();
+        for first in [2, 4] {
+            let tx = tx.clone();
+            link.submit(
+                "app",
+                &peer(first),
+                v1::PeerEvent::default(),
+                Completion::call(move |status| {
+                    let _ = tx.send(status);
+                }),
+            );
+        }
+        let mut rx = rx;
+        for _ in 0..2 {
+            let status = tokio::time::timeout(CALL_TIMEOUT * 2, rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(status, Err(LinkError::Timeout));
+        }
+        assert!(started.elapsed() >= CALL_TIMEOUT, "{:?}", started.elapsed());
+        // a completion dropped unanswered reports Broken rather than hanging its caller
+        let (tx2, mut rx2) = tokio::sync::mpsc::unbounded_channel();
+        drop(Completion::call(move |status| {
+            let _ = tx2.send(status);
+        }));
+        assert_eq!(rx2.recv().await, Some(Err(LinkError::Broken)));
+        // the next item opens a new stream
+        let (tx3, mut rx3) = tokio::sync::mpsc::unbounded_channel();
+        link.submit(
+            "app",
+            &peer(6),
+            v1::PeerEvent::default(),
+            Completion::call(move |status| {
+                let _ = tx3.send(status);
+            }),
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(server.opened.load(Ordering::SeqCst), 2);
+        drop(link);
+        // the link ended: the waiting item heard it broke
+        let status = tokio::time::timeout(CALL_TIMEOUT * 2, rx3.recv())
+            .await
+            .unwrap();
+        assert_eq!(status, Some(Err(LinkError::Broken)));
+    }
 }

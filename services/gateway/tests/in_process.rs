@@ -22,6 +22,11 @@ struct Net {
     pins: Vec<[u8; 32]>,
     app: quickp2p_checkpoint::DevApplication,
     stop: Shutdown,
+    /// Each gateway's own shutdown (a child of `stop`) and its running `run`.
+    gateway_runs: Vec<(
+        Shutdown,
+        tokio::task::JoinHandle<Result<(), quickp2p_gateway::RunError>>,
+    )>,
 }
 
 async fn network(gateways: usize) -> Net {
@@ -37,6 +42,7 @@ async fn network(gateways: usize) -> Net {
     let mut addrs = Vec::new();
     let mut pins = Vec::new();
     let mut deliver_urls = Vec::new();
+    let mut gateway_runs = Vec::new();
     for i in 0..gateways {
         let mut config = Config::loopback(url.clone());
         config.udp_addr = "127.0.0.1:0".parse().unwrap();
@@ -47,7 +53,8 @@ async fn network(gateways: usize) -> Net {
         addrs.push(gateway.addresses().quic);
         deliver_urls.push(gateway.addresses().advertised_grpc);
         pins.push(gateway.fingerprint());
-        tokio::spawn(gateway.run(stop.clone()));
+        let own = stop.child_token();
+        gateway_runs.push((own.clone(), tokio::spawn(gateway.run(own))));
     }
     // let the replica registrations land
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -57,6 +64,7 @@ async fn network(gateways: usize) -> Net {
         pins,
         app,
         stop,
+        gateway_runs,
     }
 }
 
@@ -148,6 +156,53 @@ async fn messages_and_presence_across_two_gateways() {
     .trust(GatewayTrust::Pinned(net.pins.clone()));
     let err = Peer::connect(bad).await.unwrap_err();
     assert!(matches!(err, SessionError::Unauthenticated(_)), "{err:?}");
+    net.stop.cancel();
+}
+
+/// A gateway shutting down tells its peers to go away and closes their connections; they resume
+/// their sessions on another gateway by themselves, and messages flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_shutting_down_sends_its_peers_to_another() {
+    let mut net = network(2).await;
+    let x = peer(&net, 0).await;
+    let y = peer(&net, 1).await;
+    assert_eq!(x.gateway(), Some(net.gateways[0]));
+    let mut y_in = y.messages().unwrap();
+
+    let (stop, run) = net.gateway_runs.remove(0);
+    let stopped_at = std::time::Instant::now();
+    stop.cancel();
+    // every connection closed and drained, and the sessions cleaned up, well within the drain
+    // timeout (the peer acknowledges its Kicked frame, then the connection closes)
+    tokio::time::timeout(
+        quickp2p_gateway::DRAIN_TIMEOUT + Duration::from_secs(2),
+        run,
+    )
+    .await
+    .expect("the gateway stops within its drain timeout")
+    .unwrap()
+    .unwrap();
+    assert!(
+        stopped_at.elapsed() < quickp2p_gateway::DRAIN_TIMEOUT,
+        "the gateway waited for its drain timeout: {:?}",
+        stopped_at.elapsed()
+    );
+
+    let moved = tokio::time::timeout(Duration::from_secs(10), async {
+        while x.gateway() != Some(net.gateways[1]) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(moved.is_ok(), "x is still on {:?}", x.gateway());
+    // the same session goes on: same peer id, and messages arrive
+    x.send_message(y.peer_id(), "after the move").await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), y_in.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"after the move");
+    assert_eq!(&m.sender, x.peer_id());
     net.stop.cancel();
 }
 
