@@ -890,13 +890,17 @@ fn peer_offline() -> ErrorDetail {
     error(ErrorCode::PeerOffline, "the recipient is not online")
 }
 
-/// A delivery stream to `gateway` failed: forget it (unless it was only busy) and tell the
-/// sender to retry.
-fn link_failed(shared: &Shared, gateway: &str, e: crate::remote::LinkError) -> ErrorDetail {
+/// A delivery stream to `gateway` failed: forget it (unless it was only busy).
+fn forget_link(shared: &Shared, gateway: &str, e: crate::remote::LinkError) {
     if e != crate::remote::LinkError::Busy {
         shared.peers.forget(gateway);
     }
     tracing::warn!(%gateway, error = %e, "delivery to another gateway failed");
+}
+
+/// A delivery stream to `gateway` failed: forget it and tell the sender to retry.
+fn link_failed(shared: &Shared, gateway: &str, e: crate::remote::LinkError) -> ErrorDetail {
+    forget_link(shared, gateway, e);
     reject("unavailable");
     unavailable(format!("{e}, retry"))
 }
@@ -948,8 +952,12 @@ impl Session {
             let answer = match status {
                 Ok(v1::DeliveryStatus::Accepted) => Res::MessageAccepted(accepted(&shared, out)),
                 Ok(v1::DeliveryStatus::QueueFull) => Res::Error(queue_full(&shared)),
-                // the peer moved: the general path reads the route again
-                Ok(_) => {
+                // the peer moved, or its gateway's stream failed: the general path reads the
+                // route again (as it does after a cached route fails)
+                other => {
+                    if let Err(e) = other {
+                        forget_link(&shared, &gateway, e);
+                    }
                     tokio::spawn(async move {
                         let result = deliver_message(&shared, &ctx, out, true).await;
                         conn.answer(response(
@@ -959,7 +967,6 @@ impl Session {
                     });
                     return;
                 }
-                Err(e) => Res::Error(link_failed(&shared, &gateway, e)),
             };
             conn.answer(response(id, answer));
         });

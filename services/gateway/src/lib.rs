@@ -1,7 +1,10 @@
 //! quickP2P gateway: terminates peer sessions.
 //!
 //! Peers connect with QUIC (ALPN `quickp2p/1`) and open one bidirectional control stream carrying
-//! length-delimited `PeerRequest` / `GatewayFrame` frames (`quickp2p_proto::frame`). The gateway
+//! length-delimited `PeerRequest` / `GatewayFrame` frames (`quickp2p_proto::frame`). One task
+//! (the `endpoint` module) drives `quinn_proto` for every connection: it reads the socket,
+//! decodes frames, runs the session logic (the `connection` module) and sends the answers; what
+//! waits on another service runs in a task of its own. The gateway
 //!
 //! * authenticates peers through the checkpoint (gRPC, with W3C trace context): challenge, login,
 //!   batched heartbeats (the `heartbeat` module), logout;
@@ -9,9 +12,10 @@
 //!   removed with compare-and-delete when the connection ends) and the reflexive address it sees
 //!   (sent to the checkpoint at login and with every heartbeat, returned to the peer in `Welcome`);
 //! * delivers instant messages: to a peer attached here directly; to a peer on another replica
-//!   with a gRPC `Deliver` call to that replica (found through the route and the replica
-//!   registry). `MessageAccepted` is only sent after the target gateway acknowledged that the
-//!   message is in the recipient's queue, so an accepted message is never lost to pub/sub;
+//!   as an item on the long-lived gRPC `DeliverStream` to that replica (found through the route
+//!   and the replica registry). `MessageAccepted` is only sent after the target gateway
+//!   acknowledged that the message is in the recipient's queue, so an accepted message is never
+//!   lost to pub/sub;
 //! * pushes presence changes (from the checkpoint's [`PRESENCE_CHANNEL`] events) to watchers;
 //! * enforces per-session limits — requests/s, requests in flight, message size, queue depth,
 //!   frame size — each answered with a clear error code and counted in
@@ -150,11 +154,16 @@ pub(crate) struct Shared {
 }
 
 /// How long a route read from the store is reused; a miss on it triggers a fresh read.
-const ROUTE_CACHE: Duration = Duration::from_secs(1);
+/// A cached route is never wrong in a way that matters: a recipient that moved or left is
+/// `NOT_ATTACHED` at its old gateway (or that gateway's stream fails), and the route is read
+/// again at once. So entries live long — between 3/4 of this and this, at random, so that routes
+/// read together (every sender starts at once) do not all expire together; a burst of route
+/// reads on the message path showed as a burst of late messages.
+const ROUTE_CACHE: Duration = Duration::from_secs(60);
 /// Most routes cached before the cache is emptied.
 const ROUTE_CACHE_MAX: usize = 100_000;
 
-/// Recently read routes: application → peer key → (gateway id, when read). Looked up with
+/// Recently read routes: application → peer key → (gateway id, fresh until). Looked up with
 /// borrowed keys, so a cached route costs no allocation.
 #[derive(Debug, Default)]
 pub(crate) struct RouteCache {
@@ -162,7 +171,7 @@ pub(crate) struct RouteCache {
     len: usize,
 }
 
-/// A route read from the store: the gateway id, and when it was read.
+/// A route read from the store: the gateway id, and until when it is used without a new read.
 type CachedRoute = (Arc<str>, Instant);
 
 impl Shared {
@@ -176,7 +185,7 @@ impl Shared {
     pub(crate) fn cached_route(&self, app: &str, peer: &[u8; 32]) -> Option<Arc<str>> {
         let routes = self.routes();
         let (gw, at) = routes.by_app.get(app)?.get(peer)?;
-        (at.elapsed() < ROUTE_CACHE).then(|| Arc::clone(gw))
+        (Instant::now() < *at).then(|| Arc::clone(gw))
     }
 
     /// The gateway holding a peer's session (`peer` and its hex form): from the cache unless
@@ -203,8 +212,10 @@ impl Shared {
                     Some(peers) => peers,
                     None => by_app.entry(app.to_owned()).or_default(),
                 };
+                let [r] = random_bytes::<1>();
+                let lifetime = ROUTE_CACHE.mul_f64(0.75 + 0.25 * f64::from(r) / 255.0);
                 if peers
-                    .insert(*peer, (Arc::clone(gw), Instant::now()))
+                    .insert(*peer, (Arc::clone(gw), Instant::now() + lifetime))
                     .is_none()
                 {
                     *len += 1;
