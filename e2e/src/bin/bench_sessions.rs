@@ -4,8 +4,9 @@
 //! It starts its own redis-server (free port, no persistence), one `quickp2p-checkpoint` and three
 //! `quickp2p-gateway`s from `--bin-dir`, creates an application, then:
 //!
-//! 1. **latency at fixed rates** (one phase per `--rates` value, fresh sessions each): `--peers`
-//!    SDK sessions (half on each of gateways 1 and 2); peer i sends to peer i + peers/2 on the other
+//! 1. **latency at fixed rates** (one phase per `--rates` value, fresh sessions each, measured
+//!    in the steady state: after one unmeasured message per peer and a 2 s pause): `--peers` SDK
+//!    sessions (half on each of gateways 1 and 2); peer i sends to peer i + peers/2 on the other
 //!    gateway, all together at the offered rate (open loop: sends start on schedule whatever the
 //!    answers do) for `--duration` seconds. Each payload carries its send time; the receiver
 //!    computes the one-way delivery latency (same process, same clock). Also the send →
@@ -65,6 +66,12 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     payload: usize,
 }
+
+/// What a warm-up message carries instead of a send time; its receiver ignores it.
+const WARM_UP_MARK: u64 = u64::MAX;
+
+/// Pause between logging the sessions of a phase in and measuring.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// A child process, killed on drop.
 struct Proc(Child);
@@ -389,6 +396,32 @@ async fn connect(
     Ok(sessions)
 }
 
+/// Before a phase measures the steady state: every peer sends one message to its partner
+/// (unmeasured: the gateways read each recipient's route and open their delivery streams on
+/// first use), then everything waits [`SETTLE`] — each session also takes a burst of clock
+/// samples right after login (5 over 250 ms: 20,000 requests/s for 1,000 sessions).
+async fn warm_up(peers: &[Session]) {
+    let half = peers.len() / 2;
+    let sends = (0..half * 2).map(|i| {
+        let from = peers[i].clone();
+        let to = peers[(i + half) % (half * 2)].peer_id().clone();
+        async move {
+            let mut body = vec![0u8; 16];
+            body[..8].copy_from_slice(&WARM_UP_MARK.to_be_bytes());
+            from.send_message(&to, body).await.is_ok()
+        }
+    });
+    let failed = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .filter(|ok| !ok)
+        .count();
+    if failed > 0 {
+        println!("  ({failed} warm-up messages failed)");
+    }
+    tokio::time::sleep(SETTLE).await;
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -438,6 +471,9 @@ async fn phase(
                 let mut ts = [0u8; 8];
                 ts.copy_from_slice(&m.payload[..8]);
                 let sent = u64::from_be_bytes(ts);
+                if sent == WARM_UP_MARK {
+                    return;
+                }
                 local.push((epoch.elapsed().as_micros() as u64).saturating_sub(sent));
                 received.fetch_add(1, Ordering::Relaxed);
             };
@@ -574,6 +610,7 @@ async fn main() -> anyhow::Result<()> {
             peers.len(),
             t.elapsed().as_secs_f64()
         );
+        warm_up(&peers).await;
         let per_peer = Duration::from_secs_f64(peers.len() as f64 / *rate as f64);
         phase(
             &net,
@@ -591,6 +628,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut peers = connect(&net, 0, half, 64).await?;
     peers.extend(connect(&net, 1, half, 64).await?);
+    warm_up(&peers).await;
     println!("throughput, {} in flight per peer:", args.window);
     phase(
         &net,
