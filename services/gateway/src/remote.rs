@@ -475,10 +475,11 @@ mod tests {
 
     /// A Deliver server whose streams answer ACCEPTED for recipients whose id starts with an
     /// even byte, NOT_ATTACHED otherwise — except that the first stream it is given ends,
-    /// unanswered, at its first batch.
+    /// unanswered, at its first batch. A `silent` one reads every batch and answers none.
     #[derive(Clone, Default)]
-    struct Flaky {
+    struct TestDeliver {
         opened: Arc<AtomicUsize>,
+        silent: bool,
     }
 
     type Answers = std::pin::Pin<
@@ -486,7 +487,7 @@ mod tests {
     >;
 
     #[tonic::async_trait]
-    impl Deliver for Flaky {
+    impl Deliver for TestDeliver {
         type DeliverStreamStream = Answers;
 
         async fn deliver_stream(
@@ -494,6 +495,13 @@ mod tests {
             request: Request<tonic::Streaming<v1::DeliverBatch>>,
         ) -> Result<Response<Answers>, Status> {
             let first = self.opened.fetch_add(1, Ordering::SeqCst) == 0;
+            if self.silent {
+                let mut batches = request.into_inner();
+                // read (so the sender is not stalled) but answer nothing
+                let drain = async move { while let Some(Ok(_)) = batches.next().await {} };
+                let none = futures::stream::once(drain).filter_map(|()| std::future::ready(None));
+                return Ok(Response::new(Box::pin(none)));
+            }
             let answers = request
                 .into_inner()
                 .take_while(move |_| std::future::ready(!first))
@@ -546,9 +554,8 @@ mod tests {
         v1::PeerId::from_public_key([first; 32])
     }
 
-    #[tokio::test]
-    async fn a_link_answers_each_item_and_reopens_a_broken_stream() {
-        let server = Flaky::default();
+    /// Serves `server` on a free loopback port; a link to it.
+    fn link_to(server: &TestDeliver) -> DeliverLink {
         let incoming =
             tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let url = format!("http://{}", incoming.local_addr().unwrap());
@@ -561,7 +568,13 @@ mod tests {
             channel(&url).unwrap(),
             inject_trace_context as fn(_) -> _,
         );
-        let link = DeliverLink::open(client, "test".into(), "gw-x".into());
+        DeliverLink::open(client, "test".into(), "gw-x".into())
+    }
+
+    #[tokio::test]
+    async fn a_link_answers_each_item_and_reopens_a_broken_stream() {
+        let server = TestDeliver::default();
+        let link = link_to(&server);
         let event = v1::PeerEvent::default();
 
         // the first stream ends without answering: the caller hears it broke
@@ -581,70 +594,13 @@ mod tests {
         assert_eq!(server.opened.load(Ordering::SeqCst), 2);
     }
 
-    /// A Deliver server whose streams take batches and never answer.
-    #[derive(Clone, Default)]
-    struct Silent {
-        opened: Arc<AtomicUsize>,
-    }
-
-    #[tonic::async_trait]
-    impl Deliver for Silent {
-        type DeliverStreamStream = Answers;
-
-        async fn deliver_stream(
-            &self,
-            request: Request<tonic::Streaming<v1::DeliverBatch>>,
-        ) -> Result<Response<Answers>, Status> {
-            self.opened.fetch_add(1, Ordering::SeqCst);
-            let mut batches = request.into_inner();
-            // read (so the sender is not stalled) but answer nothing
-            let answers = silence(async move { while let Some(Ok(_)) = batches.next().await {} });
-            Ok(Response::new(answers))
-        }
-
-        async fn deliver(
-            &self,
-            _: Request<v1::DeliverRequest>,
-        ) -> Result<Response<v1::DeliverResponse>, Status> {
-            Err(Status::unimplemented("stream only"))
-        }
-
-        async fn broadcast(
-            &self,
-            _: Request<v1::DeliverBroadcastRequest>,
-        ) -> Result<Response<v1::DeliverBroadcastResponse>, Status> {
-            Err(Status::unimplemented("stream only"))
-        }
-
-        async fn kick(
-            &self,
-            _: Request<v1::DeliverKickRequest>,
-        ) -> Result<Response<v1::DeliverKickResponse>, Status> {
-            Err(Status::unimplemented("stream only"))
-        }
-    }
-
-    /// A stream of answers that yields none while `drain` runs, then ends.
-    fn silence(drain: impl std::future::Future<Output = ()> + Send + 'static) -> Answers {
-        Box::pin(futures::stream::once(drain).filter_map(|()| std::future::ready(None)))
-    }
-
     #[tokio::test]
     async fn unanswered_items_time_out_through_their_completions_and_the_stream_reopens() {
-        let server = Silent::default();
-        let incoming =
-            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let url = format!("http://{}", incoming.local_addr().unwrap());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(DeliverServer::new(server.clone()))
-                .serve_with_incoming(incoming),
-        );
-        let client = DeliverClient::with_interceptor(
-            channel(&url).unwrap(),
-            inject_trace_context as fn(_) -> _,
-        );
-        let link = DeliverLink::open(client, "test".into(), "gw-silent".into());
+        let server = TestDeliver {
+            silent: true,
+            ..TestDeliver::default()
+        };
+        let link = link_to(&server);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let started = Instant::now();
         for first in [2, 4] {
