@@ -358,7 +358,11 @@ impl Gateway {
         let span = tracing::info_span!("gateway", id = %shared.config.gateway_id);
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(heartbeat::run(Arc::clone(&shared), self.beats).instrument(span.clone()));
-        tasks.spawn(dedup::run(Arc::clone(&shared), self.dedup_records).instrument(span.clone()));
+        let dedup_done = Shutdown::new();
+        let mut dedup = tokio::spawn(
+            dedup::run(shared.store.clone(), self.dedup_records, dedup_done.clone())
+                .instrument(span.clone()),
+        );
         tasks.spawn(register(Arc::clone(&shared), self.addresses.clone()).instrument(span.clone()));
         tasks.spawn(presence_events(Arc::clone(&shared)).instrument(span.clone()));
         let grpc_stop = shared.stop.clone();
@@ -412,6 +416,11 @@ impl Gateway {
         if !quic_done {
             let _ = quic.await;
         }
+        // no session is left to accept messages: the dedup writer stores what is still queued
+        // (peers that moved to another gateway may resend right away), for at most a second
+        dedup_done.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut dedup).await;
+        dedup.abort();
         tasks.abort_all();
         if !grpc.is_finished() {
             let _ = tokio::time::timeout(Duration::from_secs(1), &mut grpc).await;
