@@ -342,20 +342,13 @@ impl std::fmt::Debug for Driver {
     }
 }
 
-/// Why the endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum EndpointError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
-
 impl Driver {
     /// The endpoint on `socket`, serving with `server`.
     pub(crate) fn new(
         shared: Arc<Shared>,
         socket: std::net::UdpSocket,
         server: proto::ServerConfig,
-    ) -> Result<Driver, EndpointError> {
+    ) -> std::io::Result<Driver> {
         socket.set_nonblocking(true)?;
         let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
         // a burst of datagrams to many peers (a broadcast, a presence change) must not find the
@@ -439,14 +432,14 @@ impl Driver {
                 Some(_) = self.cleanups.join_next(), if !self.cleanups.is_empty() => {}
             }
             if blocked {
-                self.send_blocked()?;
+                self.send_blocked();
             }
             if self.blocked.is_empty() {
                 self.receive()?;
             }
             let now = Instant::now();
             self.fire_timers(now);
-            self.drive_dirty(now)?;
+            self.drive_dirty(now);
             if let Some((close_by, give_up)) = self.stopping {
                 if now >= close_by {
                     for slot in 0..self.conns.len() {
@@ -457,7 +450,7 @@ impl Driver {
                             self.mark(slot);
                         }
                     }
-                    self.drive_dirty(now)?;
+                    self.drive_dirty(now);
                 }
                 if self.live == 0 || now >= give_up {
                     break;
@@ -480,7 +473,6 @@ impl Driver {
         ));
         let kicked = crate::kicked_frame(v1::KickReason::GatewayShutdown, "gateway shutting down");
         for slot in 0..self.conns.len() {
-            let stopping = true;
             let Some(entry) = self.conns[slot].as_mut() else {
                 continue;
             };
@@ -488,7 +480,6 @@ impl Driver {
                 entry.out.push_back((kicked.clone(), false));
             }
             entry.begin_close(ConnectionCloseCode::GoingAway, "gateway shutting down", now);
-            end_session(entry, &mut self.cleanups, stopping);
             self.mark(slot);
         }
     }
@@ -548,12 +539,8 @@ impl Driver {
                 entry.out.push_back((frame, false));
             }
             Command::Resume { conn, outcome } => {
-                let live = self
-                    .conns
-                    .get_mut(conn.slot)
-                    .and_then(Option::as_mut)
-                    .filter(|e| e.id == conn && e.session.is_some());
-                let Some(entry) = live else {
+                let session = self.entry(conn).and_then(|e| e.session.as_mut());
+                let Some(session) = session else {
                     // the session ended while the operation ran: undo what it left behind
                     crate::connection::abandon(
                         &self.shared,
@@ -563,11 +550,11 @@ impl Driver {
                     );
                     return;
                 };
-                let Some(session) = entry.session.as_mut() else {
-                    return;
-                };
                 let step = session.resume(*outcome);
                 let logged_in = session.logged_in();
+                let Some(entry) = self.entry(conn) else {
+                    return;
+                };
                 if entry.closing.is_none() {
                     entry.paused = false;
                 }
@@ -575,21 +562,12 @@ impl Driver {
                 if logged_in {
                     entry.login_deadline = None;
                 }
-                if entry.closing.is_some() {
-                    end_session(entry, &mut self.cleanups, stopping);
-                }
             }
             Command::Close { conn, code, reason } => {
-                let Some(entry) = self
-                    .conns
-                    .get_mut(conn.slot)
-                    .and_then(Option::as_mut)
-                    .filter(|e| e.id == conn)
-                else {
+                let Some(entry) = self.entry(conn) else {
                     return;
                 };
                 entry.begin_close(code, reason, now);
-                end_session(entry, &mut self.cleanups, stopping);
             }
         }
         self.mark(slot);
@@ -725,7 +703,6 @@ impl Driver {
 
     /// Handles the timers that are due.
     fn fire_timers(&mut self, now: Instant) {
-        let stopping = self.stopping.is_some();
         while let Some(&(at, slot)) = self.timers.first() {
             if at > now {
                 break;
@@ -741,7 +718,6 @@ impl Driver {
             if entry.login_deadline.is_some_and(|t| t <= now) {
                 entry.login_deadline = None;
                 login_expired(entry, now);
-                end_session(entry, &mut self.cleanups, stopping);
             }
             if entry.close_at.is_some_and(|t| t <= now) {
                 entry.close_now(now);
@@ -750,11 +726,10 @@ impl Driver {
         }
     }
 
-    fn drive_dirty(&mut self, now: Instant) -> std::io::Result<()> {
+    fn drive_dirty(&mut self, now: Instant) {
         while let Some(slot) = self.dirty.pop() {
             self.drive(slot, now);
         }
-        Ok(())
     }
 
     /// Brings one connection up to date: its events, its stream, its datagrams, its timer.
@@ -772,15 +747,15 @@ impl Driver {
             let mut progress = false;
             while let Some(event) = entry.conn.poll() {
                 progress = true;
-                connection_event(entry, event, now, &mut self.cleanups, stopping);
+                connection_event(entry, event, now);
             }
             if !entry.paused && entry.session.is_some() && !entry.read_frames(now) {
                 // the peer ended its stream: it is leaving
-                end_session(entry, &mut self.cleanups, stopping);
                 entry.drop_out();
                 entry.close_now(now);
             }
-            if entry.closing.is_some() {
+            // the one place a session ends: its connection is closing, closed or lost
+            if entry.closing.is_some() || entry.closed {
                 end_session(entry, &mut self.cleanups, stopping);
             }
             entry.flush_out();
@@ -843,7 +818,7 @@ impl Driver {
     }
 
     /// Sends what waited for room in the socket's buffer.
-    fn send_blocked(&mut self) -> std::io::Result<()> {
+    fn send_blocked(&mut self) {
         let mut waiting = std::mem::take(&mut self.blocked);
         while let Some((transmit, contents)) = waiting.pop_front() {
             send_datagram(
@@ -858,7 +833,6 @@ impl Driver {
                 break;
             }
         }
-        Ok(())
     }
 }
 
@@ -930,13 +904,7 @@ fn login_expired(entry: &mut Entry, now: Instant) {
 }
 
 /// One event of a connection's state machine.
-fn connection_event(
-    entry: &mut Entry,
-    event: proto::Event,
-    now: Instant,
-    cleanups: &mut tokio::task::JoinSet<()>,
-    stopping: bool,
-) {
+fn connection_event(entry: &mut Entry, event: proto::Event, now: Instant) {
     match event {
         proto::Event::ConnectionLost { reason } => {
             tracing::debug!(%reason, serial = entry.id.serial, "connection lost");
@@ -944,7 +912,6 @@ fn connection_event(
             entry.close_at = None;
             entry.paused = true;
             entry.drop_out();
-            end_session(entry, cleanups, stopping);
         }
         proto::Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
             while let Some(id) = entry.conn.streams().accept(Dir::Bi) {
@@ -966,7 +933,6 @@ fn connection_event(
         proto::Event::Stream(StreamEvent::Stopped { id, .. }) if Some(id) == entry.stream => {
             // the peer reads no more: it is leaving
             entry.drop_out();
-            end_session(entry, cleanups, stopping);
             entry.close_now(now);
         }
         _ => {}

@@ -300,8 +300,8 @@ impl Gateway {
             addr: udp_addr,
             source,
         };
-        let endpoint = endpoint::Driver::new(Arc::clone(&shared), socket, server)
-            .map_err(|endpoint::EndpointError::Io(e)| udp_error(e))?;
+        let endpoint =
+            endpoint::Driver::new(Arc::clone(&shared), socket, server).map_err(udp_error)?;
         let quic = endpoint.local_addr().map_err(udp_error)?;
         let advertised_quic = shared.config.advertised_quic.unwrap_or(quic);
         Ok(Gateway {
