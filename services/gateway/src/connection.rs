@@ -37,6 +37,14 @@ pub(crate) struct SessionCtx {
     replays_until: Option<Instant>,
 }
 
+impl SessionCtx {
+    /// Whether a send now may be a replay of one made on an earlier connection.
+    fn may_be_replay(&self) -> bool {
+        self.replays_until
+            .is_some_and(|until| Instant::now() < until)
+    }
+}
+
 /// How long after a reconnect the dedup record is checked (the SDK replays at once).
 const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -914,10 +922,7 @@ impl Session {
         let Some(ctx) = self.ctx.clone() else {
             return Step::Nothing;
         };
-        if ctx
-            .replays_until
-            .is_some_and(|until| Instant::now() < until)
-        {
+        if ctx.may_be_replay() {
             return self.spawn_counted(id, Request::SendMessage(m), remote);
         }
         let shared = Arc::clone(&self.shared);
@@ -929,9 +934,7 @@ impl Session {
             return self.spawn_send(id, ctx, out, false);
         };
         if *gateway == *shared.config.gateway_id {
-            let key = (ctx.app.clone(), out.recipient_key);
-            let frame = crate::remote::event_frame(out.event.clone());
-            return match shared.registry.deliver_status(&key, frame) {
+            return match deliver_here(&shared, &ctx, &out) {
                 v1::DeliveryStatus::Accepted => {
                     Step::Reply(response(id, Res::MessageAccepted(accepted(&shared, out))))
                 }
@@ -958,13 +961,7 @@ impl Session {
                     if let Err(e) = other {
                         forget_link(&shared, &gateway, e);
                     }
-                    tokio::spawn(async move {
-                        let result = deliver_message(&shared, &ctx, out, true).await;
-                        conn.answer(response(
-                            id,
-                            result.map_or_else(Res::Error, Res::MessageAccepted),
-                        ));
-                    });
+                    spawn_delivery(shared, ctx, conn, id, out, true);
                     return;
                 }
             };
@@ -977,15 +974,8 @@ impl Session {
     /// Delivers a prepared message in a task (the route is read from the store when `fresh`).
     fn spawn_send(&mut self, id: u64, ctx: Arc<SessionCtx>, out: Outgoing, fresh: bool) -> Step {
         self.in_flight += 1;
-        let shared = Arc::clone(&self.shared);
-        let conn = self.conn.clone();
-        tokio::spawn(async move {
-            let result = deliver_message(&shared, &ctx, out, fresh).await;
-            conn.answer(response(
-                id,
-                result.map_or_else(Res::Error, Res::MessageAccepted),
-            ));
-        });
+        let (shared, conn) = (Arc::clone(&self.shared), self.conn.clone());
+        spawn_delivery(shared, ctx, conn, id, out, fresh);
         Step::Nothing
     }
 
@@ -997,6 +987,25 @@ impl Session {
     }
 }
 
+/// Delivers a prepared message in a task that answers request `id` through `conn` (the route is
+/// read from the store when `fresh`).
+fn spawn_delivery(
+    shared: Arc<Shared>,
+    ctx: Arc<SessionCtx>,
+    conn: ConnRef,
+    id: u64,
+    out: Outgoing,
+    fresh: bool,
+) {
+    tokio::spawn(async move {
+        let result = deliver_message(&shared, &ctx, out, fresh).await;
+        conn.answer(response(
+            id,
+            result.map_or_else(Res::Error, Res::MessageAccepted),
+        ));
+    });
+}
+
 /// `SendMessage` the general way: a resend within the replay window is answered from its dedup
 /// record; otherwise the message is delivered.
 async fn send_message(
@@ -1005,11 +1014,8 @@ async fn send_message(
     m: v1::SendMessage,
 ) -> Result<v1::MessageAccepted, ErrorDetail> {
     let out = prepare_send(shared, ctx, m)?;
-    let may_be_replay = ctx
-        .replays_until
-        .is_some_and(|until| Instant::now() < until);
     if let Some(key) = &out.dedup_key
-        && may_be_replay
+        && ctx.may_be_replay()
     {
         match shared.store.get_ephemeral(key).await {
             Ok(Some(raw)) if raw.len() > 8 => {
@@ -1045,7 +1051,7 @@ async fn deliver_message(
         .await
         .map_err(|e| store_unavailable(&e))?;
     let mut status = match route {
-        Some(gw) => deliver_to(shared, ctx, &gw, &out.recipient, &out.event).await,
+        Some(gw) => deliver_to(shared, ctx, &gw, &out).await,
         None => Ok(v1::DeliveryStatus::NotAttached),
     };
     if !fresh
@@ -1058,7 +1064,7 @@ async fn deliver_message(
             .route(&ctx.app, &out.recipient_key, &recipient_hex, true)
             .await
         {
-            Ok(Some(gw)) => deliver_to(shared, ctx, &gw, &out.recipient, &out.event).await,
+            Ok(Some(gw)) => deliver_to(shared, ctx, &gw, &out).await,
             Ok(None) => return Err(peer_offline()),
             Err(e) => return Err(store_unavailable(&e)),
         };
@@ -1070,27 +1076,31 @@ async fn deliver_message(
     }
 }
 
-/// Queues `event` to `recipient` through gateway `gateway` (this one, or another replica's
+/// Queues a message to a recipient attached here.
+fn deliver_here(shared: &Shared, ctx: &SessionCtx, out: &Outgoing) -> v1::DeliveryStatus {
+    let key = (ctx.app.clone(), out.recipient_key);
+    shared
+        .registry
+        .deliver_status(&key, crate::remote::event_frame(out.event.clone()))
+}
+
+/// Queues a message to its recipient through gateway `gateway` (this one, or another replica's
 /// Deliver service). A transport failure is an error; a stale route is `NOT_ATTACHED`.
 async fn deliver_to(
     shared: &Shared,
     ctx: &SessionCtx,
     gateway: &str,
-    recipient: &v1::PeerId,
-    event: &v1::PeerEvent,
+    out: &Outgoing,
 ) -> Result<v1::DeliveryStatus, ErrorDetail> {
     if gateway == shared.config.gateway_id {
-        let key = (ctx.app.clone(), recipient.public_key().unwrap_or([0; 32]));
-        return Ok(shared
-            .registry
-            .deliver_status(&key, crate::remote::event_frame(event.clone())));
+        return Ok(deliver_here(shared, ctx, out));
     }
     let link = match shared.peers.link(gateway, &shared.config.gateway_id).await {
         Ok(Some(link)) => link,
         Ok(None) => return Ok(v1::DeliveryStatus::NotAttached),
         Err(e) => return Err(store_unavailable(&e)),
     };
-    link.deliver(&ctx.app, recipient, event.clone())
+    link.deliver(&ctx.app, &out.recipient, out.event.clone())
         .await
         .map_err(|e| link_failed(shared, gateway, e))
 }

@@ -81,8 +81,12 @@ impl Registry {
 
     /// Queues an encoded frame to a peer attached here, without waiting.
     pub fn deliver(&self, key: &SessionKey, frame: Bytes) -> Result<(), QueueError> {
-        let attached = self.get(key).ok_or(QueueError::NotAttached)?;
-        attached.conn.push(frame)
+        // pushing never waits: done under the lock, without cloning the handle
+        lock(&self.sessions)
+            .get(key)
+            .ok_or(QueueError::NotAttached)?
+            .conn
+            .push(frame)
     }
 
     /// [`Registry::deliver`] as the status the Deliver service and the sender's gateway answer.

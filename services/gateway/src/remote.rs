@@ -145,14 +145,8 @@ impl Peers {
         gateway_id: &str,
         origin: &str,
     ) -> Result<Option<DeliverLink>, quickp2p_store::StoreError> {
-        {
-            let cache = self.lock();
-            if let Some(url) = cache.endpoints.get(gateway_id)
-                && let Some(link) = cache.links.get(url)
-                && !link.tx.is_closed()
-            {
-                return Ok(Some(link.clone()));
-            }
+        if let Some(link) = self.cached_link(gateway_id) {
+            return Ok(Some(link));
         }
         let Some(client) = self.client(gateway_id).await? else {
             return Ok(None);
@@ -161,9 +155,7 @@ impl Peers {
         let Some(url) = cache.endpoints.get(gateway_id).cloned() else {
             return Ok(None);
         };
-        if let Some(link) = cache.links.get(&url)
-            && !link.tx.is_closed()
-        {
+        if let Some(link) = cache.links.get(&url).filter(|l| l.is_open()) {
             return Ok(Some(link.clone()));
         }
         let link = DeliverLink::open(client, origin.to_owned(), gateway_id.to_owned());
