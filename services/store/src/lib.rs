@@ -625,9 +625,9 @@ impl Store {
                 limits::MAX_BATCH
             )));
         }
-        let mut ttl_ms = limits::ttl(ttl)?;
+        let ttl_ms = limits::ttl(ttl)?;
         for (key, value) in entries {
-            ttl_ms = check_ephemeral(key, value, ttl)?;
+            check_ephemeral_entry(key, value)?;
         }
         if entries.is_empty() {
             return Ok(());
@@ -757,9 +757,13 @@ fn check_peer(peer: &PeerRecord) -> Result<(), StoreError> {
 }
 
 fn check_ephemeral(key: &str, value: &Bytes, ttl: Duration) -> Result<u64, StoreError> {
-    limits::id("ephemeral key", key)?;
-    limits::blob("ephemeral value", value.len())?;
+    check_ephemeral_entry(key, value)?;
     limits::ttl(ttl)
+}
+
+fn check_ephemeral_entry(key: &str, value: &Bytes) -> Result<(), StoreError> {
+    limits::id("ephemeral key", key)?;
+    limits::blob("ephemeral value", value.len())
 }
 
 #[cfg(test)]
