@@ -80,6 +80,16 @@ async fn peer(net: &Net, gateway: usize) -> Session {
     Peer::connect(config).await.unwrap()
 }
 
+/// The next message of an inbox, within 5 s.
+async fn next_message(
+    inbox: &mut quickp2p::session::Messages,
+) -> quickp2p::session::IncomingMessage {
+    tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+        .await
+        .expect("a message within 5 s")
+        .expect("the inbox is open")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_and_presence_across_two_gateways() {
     let net = network(2).await;
@@ -94,17 +104,11 @@ async fn messages_and_presence_across_two_gateways() {
     assert_eq!(states[0].presence, Presence::Online);
 
     x.send_message(y.peer_id(), "hello y").await.unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(5), y_in.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let m = next_message(&mut y_in).await;
     assert_eq!(&m.payload[..], b"hello y");
     assert_eq!(&m.sender, x.peer_id());
     y.send_message(x.peer_id(), "hello x").await.unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(5), x_in.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let m = next_message(&mut x_in).await;
     assert_eq!(&m.payload[..], b"hello x");
 
     // presence: a new peer comes and goes
@@ -197,10 +201,7 @@ async fn a_gateway_shutting_down_sends_its_peers_to_another() {
     assert!(moved.is_ok(), "x is still on {:?}", x.gateway());
     // the same session goes on: same peer id, and messages arrive
     x.send_message(y.peer_id(), "after the move").await.unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(5), y_in.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let m = next_message(&mut y_in).await;
     assert_eq!(&m.payload[..], b"after the move");
     assert_eq!(&m.sender, x.peer_id());
     net.stop.cancel();
@@ -340,10 +341,7 @@ async fn delivery_stream_answers_each_item_and_refuses_bad_batches() {
             (9, v1::DeliveryStatus::NotAttached),
         ]
     );
-    let m = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let m = next_message(&mut inbox).await;
     assert_eq!(&m.payload[..], b"for x");
     tx.send(v1::DeliverBatch {
         origin: "test".into(),
