@@ -627,6 +627,15 @@ async fn two_gateways_messages_presence_isolation_and_refusals() {
         .await;
         assert!(n >= 1.0, "no {kind} rejection counted");
     }
+    // accepted messages are timed, in the buckets of a Prometheus histogram
+    let timed = metric(gw_ops, "qp_gateway_message_accept_seconds_count").await;
+    assert!(timed >= 1.0, "no accepted message timed");
+    let in_buckets = metric(
+        gw_ops,
+        "qp_gateway_message_accept_seconds_bucket{le=\"+Inf\"}",
+    )
+    .await;
+    assert_eq!(in_buckets, timed);
     for reason in ["bad_signature", "bad_app_proof", "unknown_app"] {
         let n = metric(
             net.checkpoint_http,

@@ -52,7 +52,7 @@ struct Args {
     /// Seconds per message phase.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Messages in flight per peer in the throughput phase.
+    /// Messages in flight per peer in the throughput phase (0 skips it).
     #[arg(long, default_value_t = 4)]
     window: usize,
     /// Idle sessions for the memory phase (0 skips it).
@@ -69,6 +69,9 @@ struct Args {
 
 /// What a warm-up message carries instead of a send time; its receiver ignores it.
 const WARM_UP_MARK: u64 = u64::MAX;
+
+/// The gateways' own histogram of the time from taking a message up to its acceptance.
+const ACCEPT_HISTOGRAM: &str = "qp_gateway_message_accept_seconds";
 
 /// Pause between logging the sessions of a phase in and measuring.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -102,6 +105,34 @@ fn cpu_ms(pid: u32) -> f64 {
     ticks as f64 * 1000.0 / hz
 }
 
+/// The whole machine's CPU time so far from `/proc/stat`, in milliseconds: (busy, interrupt
+/// work, all). Interrupt work (mostly the kernel's loopback receive path in softirq context) is
+/// charged to no process.
+fn machine_ms() -> (f64, f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    if fields.len() < 8 {
+        return (0.0, 0.0, 0.0);
+    }
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let ms = |t: f64| t * 1000.0 / hz;
+    // user nice system idle iowait irq softirq steal
+    let all: f64 = fields.iter().sum();
+    let idle = fields[3] + fields[4];
+    (ms(all - idle), ms(fields[5] + fields[6]), ms(all))
+}
+
 /// CPU used by each part of the setup, to print per message after a phase.
 #[derive(Debug, Clone, Copy)]
 struct CpuSample {
@@ -109,6 +140,7 @@ struct CpuSample {
     clients: f64,
     checkpoint: f64,
     redis: f64,
+    machine: (f64, f64, f64),
 }
 
 impl Network {
@@ -118,6 +150,7 @@ impl Network {
             clients: cpu_ms(std::process::id()),
             checkpoint: cpu_ms(self.checkpoint.0.id()),
             redis: cpu_ms(self.redis.0.id()),
+            machine: machine_ms(),
         }
     }
 }
@@ -144,6 +177,16 @@ impl CpuSample {
             })
             .collect();
         println!("  CPU: {}", line.join(", "));
+        let busy = now.machine.0 - self.machine.0;
+        let interrupts = now.machine.1 - self.machine.1;
+        let all = (now.machine.2 - self.machine.2).max(1.0);
+        println!(
+            "  machine: {:.0} % busy ({:.2} of {} cores), of which interrupt work {:.2} cores",
+            busy * 100.0 / all,
+            busy / ms,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            interrupts / ms
+        );
     }
 }
 
@@ -220,10 +263,14 @@ fn wait_line(
     bail!("the process ended before printing {pattern:?}")
 }
 
+/// The processes drop (are killed) in field order: gateways first, Redis last, so that no
+/// gateway spends its last moments logging a lost store or checkpoint.
 struct Network {
-    redis: Proc,
-    checkpoint: Proc,
     gateways: Vec<(Proc, SocketAddr, [u8; 32])>,
+    /// Each gateway's operations address (`/metrics`).
+    gateway_ops: Vec<SocketAddr>,
+    checkpoint: Proc,
+    redis: Proc,
     secret: String,
 }
 
@@ -290,9 +337,11 @@ fn start(args: &Args) -> anyhow::Result<Network> {
     wait_line(&mut lines, "grpc")?;
     std::thread::spawn(move || lines.for_each(drop));
     let mut gateways = Vec::new();
+    let mut gateway_ops = Vec::new();
     // gateways 1 and 2 carry the message phases; gateway 3 stays empty until the memory phase
     for i in 1..=3 {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+        let ops: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let (gw, mut lines) = spawn(
             &args.bin_dir.join("quickp2p-gateway"),
             &[
@@ -305,7 +354,7 @@ fn start(args: &Args) -> anyhow::Result<Network> {
                 "--checkpoint-url".into(),
                 format!("http://127.0.0.1:{grpc}"),
                 "--http-addr".into(),
-                format!("127.0.0.1:{}", free_port()?),
+                ops.to_string(),
                 "--replica-id".into(),
                 format!("gw-{i}"),
                 "--log".into(),
@@ -331,12 +380,14 @@ fn start(args: &Args) -> anyhow::Result<Network> {
             *b = u8::from_str_radix(&hex[2 * k..2 * k + 2], 16)?;
         }
         gateways.push((gw, udp, pin));
+        gateway_ops.push(ops);
     }
     std::thread::sleep(Duration::from_millis(300));
     Ok(Network {
-        redis,
-        checkpoint,
         gateways,
+        gateway_ops,
+        checkpoint,
+        redis,
         secret,
     })
 }
@@ -422,6 +473,56 @@ async fn warm_up(peers: &[Session]) {
     tokio::time::sleep(SETTLE).await;
 }
 
+/// The cumulative bucket counts `(upper bound in seconds, count)` of a histogram, summed over
+/// the message gateways' `/metrics` (empty when a scrape fails).
+async fn buckets(net: &Network, name: &str) -> Vec<(f64, f64)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut sum: Vec<(f64, f64)> = Vec::new();
+    for ops in &net.gateway_ops[..2] {
+        let Ok(mut s) = tokio::net::TcpStream::connect(ops).await else {
+            return Vec::new();
+        };
+        let mut body = String::new();
+        let request = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        if s.write_all(request.as_bytes()).await.is_err()
+            || s.read_to_string(&mut body).await.is_err()
+        {
+            return Vec::new();
+        }
+        let prefix = format!("{name}_bucket{{le=\"");
+        for line in body.lines() {
+            let Some((le, count)) = line
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split_once("\"} "))
+            else {
+                continue;
+            };
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
+            let count: f64 = count.trim().parse().unwrap_or(0.0);
+            match sum.iter_mut().find(|(b, _)| *b == le) {
+                Some(slot) => slot.1 += count,
+                None => sum.push((le, count)),
+            }
+        }
+    }
+    sum.sort_by(|a, b| a.0.total_cmp(&b.0));
+    sum
+}
+
+/// The smallest bucket bound (in ms) below which a fraction `p` of the observations between two
+/// scrapes fell.
+fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], p: f64) -> Option<f64> {
+    let count = |v: &[(f64, f64)], le: f64| v.iter().find(|(b, _)| *b == le).map_or(0.0, |x| x.1);
+    let total = after.last().map(|(le, n)| n - count(before, *le))?;
+    if total <= 0.0 {
+        return None;
+    }
+    after
+        .iter()
+        .find(|(le, n)| n - count(before, *le) >= p * total)
+        .map(|(le, _)| le * 1000.0)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -452,6 +553,7 @@ async fn phase(
     window: usize,
 ) -> anyhow::Result<()> {
     let cpu_before = net.cpu();
+    let accept_before = buckets(net, ACCEPT_HISTOGRAM).await;
     let epoch = Instant::now();
     let half = peers.len() / 2;
     let delivered = Arc::new(tokio::sync::Mutex::new(Vec::<u64>::new()));
@@ -584,6 +686,16 @@ async fn phase(
     cpu_before.report(net.cpu(), epoch.elapsed(), accepted.len());
     report("send -> accepted", accepted);
     report("send -> delivered", delivered);
+    let accept_after = buckets(net, ACCEPT_HISTOGRAM).await;
+    let bound = |p| {
+        bucket_quantile(&accept_before, &accept_after, p)
+            .map_or_else(|| "?".to_owned(), |ms| format!("≤ {ms} ms"))
+    };
+    println!(
+        "  in the gateways         (sender's gateway, take-up -> accepted; {ACCEPT_HISTOGRAM}) p50 {}   p99 {}",
+        bound(0.5),
+        bound(0.99)
+    );
     Ok(())
 }
 
@@ -626,23 +738,24 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let mut peers = connect(&net, 0, half, 64).await?;
-    peers.extend(connect(&net, 1, half, 64).await?);
-    warm_up(&peers).await;
-    println!("throughput, {} in flight per peer:", args.window);
-    phase(
-        &net,
-        &peers,
-        args.payload,
-        Duration::from_secs(args.duration),
-        None,
-        args.window,
-    )
-    .await?;
-    for p in &peers {
-        p.close().await;
+    if args.window > 0 {
+        let mut peers = connect(&net, 0, half, 64).await?;
+        peers.extend(connect(&net, 1, half, 64).await?);
+        warm_up(&peers).await;
+        println!("throughput, {} in flight per peer:", args.window);
+        phase(
+            &net,
+            &peers,
+            args.payload,
+            Duration::from_secs(args.duration),
+            None,
+            args.window,
+        )
+        .await?;
+        for p in &peers {
+            p.close().await;
+        }
     }
-    drop(peers);
 
     if args.idle > 0 {
         tokio::time::sleep(Duration::from_secs(2)).await;

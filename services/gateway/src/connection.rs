@@ -798,6 +798,8 @@ struct Outgoing {
     message_id: Bytes,
     accepted_at: u64,
     event: v1::PeerEvent,
+    /// When the gateway took the `SendMessage` up (for `qp_gateway_message_accept_seconds`).
+    taken: std::time::Instant,
 }
 
 /// Checks a `SendMessage` against the limits and builds the event the recipient gets.
@@ -846,6 +848,7 @@ fn prepare_send(
             hex::encode(&m.client_message_id)
         )
     });
+    let taken = std::time::Instant::now();
     let message_id = Bytes::copy_from_slice(&crate::random_bytes::<16>());
     let accepted_at = now_ms();
     let event = v1::PeerEvent {
@@ -864,6 +867,7 @@ fn prepare_send(
         message_id,
         accepted_at,
         event,
+        taken,
     })
 }
 
@@ -877,6 +881,8 @@ fn accepted(shared: &Shared, out: Outgoing) -> v1::MessageAccepted {
         crate::dedup::remember(&shared.dedup, (key, Bytes::from(value)));
     }
     metrics::counter!("qp_gateway_messages_total", "outcome" => "accepted").increment(1);
+    metrics::histogram!("qp_gateway_message_accept_seconds")
+        .record(out.taken.elapsed().as_secs_f64());
     v1::MessageAccepted {
         message_id: out.message_id,
         accepted_at_unix_ms: out.accepted_at,
