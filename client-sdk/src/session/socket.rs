@@ -504,12 +504,23 @@ impl UdpIo {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        let batch = bufs.len().min(quinn::udp::BATCH_SIZE);
         loop {
             std::task::ready!(self.io.poll_recv_ready(cx))?;
-            // a spurious readiness is WouldBlock: tokio clears it and the next poll waits again
-            if let Ok(n) = self.io.try_io(tokio::io::Interest::READABLE, || {
-                self.state.recv((&*self.io).into(), bufs, meta)
-            }) {
+            // a spurious readiness is WouldBlock: tokio clears it and the next poll waits again.
+            // A batch that came back short emptied the queue: reporting WouldBlock along with it
+            // clears the readiness now, saving the extra recvmmsg that would only find nothing
+            // (a datagram arriving meanwhile is a new readiness event, which the clear keeps)
+            let mut drained = None;
+            let result = self.io.try_io(tokio::io::Interest::READABLE, || {
+                let n = self.state.recv((&*self.io).into(), bufs, meta)?;
+                if n < batch {
+                    drained = Some(n);
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            if let Some(n) = drained.or(result.ok()) {
                 return Poll::Ready(Ok(n));
             }
         }
@@ -686,6 +697,51 @@ mod tests {
         let mut d = vec![tag; len];
         d[0] = 0x40 | (tag & 0x0F);
         d
+    }
+
+    /// What one `poll_recv` with four buffers returns within 2 s: the first byte of each
+    /// datagram.
+    async fn quinn_receives_batch(socket: &SharedSocket) -> Vec<u8> {
+        let mut storage = vec![[0u8; 256]; 4];
+        let mut meta = [RecvMeta::default(); 4];
+        let n = {
+            let mut bufs: Vec<IoSliceMut<'_>> =
+                storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let read = poll_fn(|cx| socket.poll_recv(cx, &mut bufs, &mut meta));
+            tokio::time::timeout(std::time::Duration::from_secs(2), read)
+                .await
+                .expect("a wake-up for the waiting datagrams")
+                .unwrap()
+        };
+        storage[..n].iter().map(|b| b[0]).collect()
+    }
+
+    #[tokio::test]
+    async fn a_short_batch_clears_readiness_without_losing_later_datagrams() {
+        let socket = SharedSocket::bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let local = socket.local_addr().unwrap();
+        let peer = raw();
+        // a full batch keeps the readiness: the rest comes with the next call
+        for tag in 0..6u8 {
+            peer.send_to(&quic(tag, 20), local).unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(
+            quinn_receives_batch(&socket).await,
+            [0x40, 0x41, 0x42, 0x43]
+        );
+        // a short batch (two of four) empties the queue and clears the readiness...
+        assert_eq!(quinn_receives_batch(&socket).await, [0x44, 0x45]);
+        // ...and a datagram arriving afterwards still wakes the next call
+        peer.send_to(&quic(7, 20), local).unwrap();
+        assert_eq!(quinn_receives_batch(&socket).await, [0x47]);
+        // as does one arriving while the call already waits
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            peer.send_to(&quic(8, 20), local).unwrap();
+        });
+        assert_eq!(quinn_receives_batch(&socket).await, [0x48]);
+        late.await.unwrap();
     }
 
     #[tokio::test]

@@ -62,6 +62,9 @@ struct Args {
     /// gateway with a profiler meanwhile).
     #[arg(long, default_value_t = 0)]
     hold_idle: u64,
+    /// Also print the delivered latency per 100 ms of each phase.
+    #[arg(long)]
+    trace: bool,
     /// Payload size in bytes (at least 16).
     #[arg(long, default_value_t = 64)]
     payload: usize,
@@ -133,9 +136,26 @@ fn machine_ms() -> (f64, f64, f64) {
     (ms(all - idle), ms(fields[5] + fields[6]), ms(all))
 }
 
+/// Time the threads of a process have spent runnable but waiting for a CPU so far, in
+/// milliseconds (the second field of `/proc/<pid>/task/*/schedstat`; threads that ended are not
+/// counted). On an overloaded machine this is where a latency tail comes from.
+fn runqueue_wait_ms(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e6
+}
+
 /// CPU used by each part of the setup, to print per message after a phase.
 #[derive(Debug, Clone, Copy)]
 struct CpuSample {
+    /// Runqueue waits (ms) of the two message gateways and of this process.
+    waits: (f64, f64),
     gateways: f64,
     clients: f64,
     checkpoint: f64,
@@ -151,6 +171,13 @@ impl Network {
             checkpoint: cpu_ms(self.checkpoint.0.id()),
             redis: cpu_ms(self.redis.0.id()),
             machine: machine_ms(),
+            waits: (
+                self.gateways[..2]
+                    .iter()
+                    .map(|g| runqueue_wait_ms(g.0.0.id()))
+                    .sum(),
+                runqueue_wait_ms(std::process::id()),
+            ),
         }
     }
 }
@@ -186,6 +213,11 @@ impl CpuSample {
             busy / ms,
             std::thread::available_parallelism().map_or(1, |n| n.get()),
             interrupts / ms
+        );
+        println!(
+            "  waiting for a CPU (runnable threads, summed): gateways {:.0} ms, SDK clients {:.0} ms per second",
+            (now.waits.0 - self.waits.0) * 1000.0 / ms,
+            (now.waits.1 - self.waits.1) * 1000.0 / ms
         );
     }
 }
@@ -497,7 +529,11 @@ async fn buckets(net: &Network, name: &str) -> Vec<(f64, f64)> {
             else {
                 continue;
             };
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            };
             let count: f64 = count.trim().parse().unwrap_or(0.0);
             match sum.iter_mut().find(|(b, _)| *b == le) {
                 Some(slot) => slot.1 += count,
@@ -523,6 +559,27 @@ fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], p: f64) -> Optio
         .map(|(le, _)| le * 1000.0)
 }
 
+/// Prints the delivered latency of the messages sent in each 100 ms of a phase (`--trace`): a
+/// tail made of a few slow stretches looks different from one spread evenly.
+fn print_trace(delivered: &[(u64, u64)]) {
+    let mut slots: std::collections::BTreeMap<u64, Vec<u64>> = std::collections::BTreeMap::new();
+    for (sent, lat) in delivered {
+        slots.entry(sent / 100_000).or_default().push(*lat);
+    }
+    println!("  delivered, by 100 ms of send time: [start s] n p50/p99/max ms");
+    for (slot, mut lats) in slots {
+        lats.sort_unstable();
+        println!(
+            "    [{:>5.1}] {:>5} {:>7.2} {:>7.2} {:>7.2}",
+            slot as f64 / 10.0,
+            lats.len(),
+            percentile(&lats, 0.5),
+            percentile(&lats, 0.99),
+            lats.last().copied().unwrap_or(0) as f64 / 1000.0
+        );
+    }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -543,20 +600,21 @@ fn report(name: &str, mut micros: Vec<u64>) {
 }
 
 /// Runs one message phase; `pace` = Some(interval per peer) for a fixed rate, None for as fast as
-/// possible with `window` in flight.
+/// possible with `--window` in flight.
 async fn phase(
     net: &Network,
     peers: &[Session],
-    payload: usize,
-    duration: Duration,
+    args: &Args,
     pace: Option<Duration>,
-    window: usize,
 ) -> anyhow::Result<()> {
+    let (payload, window, trace) = (args.payload, args.window, args.trace);
+    let duration = Duration::from_secs(args.duration);
     let cpu_before = net.cpu();
     let accept_before = buckets(net, ACCEPT_HISTOGRAM).await;
     let epoch = Instant::now();
     let half = peers.len() / 2;
-    let delivered = Arc::new(tokio::sync::Mutex::new(Vec::<u64>::new()));
+    // (send time, one-way latency) in µs since `epoch`
+    let delivered = Arc::new(tokio::sync::Mutex::new(Vec::<(u64, u64)>::new()));
     let received = Arc::new(AtomicU64::new(0));
     let (stop_readers, stop_rx) = tokio::sync::watch::channel(false);
     let mut readers = Vec::new();
@@ -576,7 +634,10 @@ async fn phase(
                 if sent == WARM_UP_MARK {
                     return;
                 }
-                local.push((epoch.elapsed().as_micros() as u64).saturating_sub(sent));
+                local.push((
+                    sent,
+                    (epoch.elapsed().as_micros() as u64).saturating_sub(sent),
+                ));
                 received.fetch_add(1, Ordering::Relaxed);
             };
             loop {
@@ -685,7 +746,13 @@ async fn phase(
     );
     cpu_before.report(net.cpu(), epoch.elapsed(), accepted.len());
     report("send -> accepted", accepted);
-    report("send -> delivered", delivered);
+    if trace {
+        print_trace(&delivered);
+    }
+    report(
+        "send -> delivered",
+        delivered.into_iter().map(|(_, lat)| lat).collect(),
+    );
     let accept_after = buckets(net, ACCEPT_HISTOGRAM).await;
     let bound = |p| {
         bucket_quantile(&accept_before, &accept_after, p)
@@ -724,15 +791,7 @@ async fn main() -> anyhow::Result<()> {
         );
         warm_up(&peers).await;
         let per_peer = Duration::from_secs_f64(peers.len() as f64 / *rate as f64);
-        phase(
-            &net,
-            &peers,
-            args.payload,
-            Duration::from_secs(args.duration),
-            Some(per_peer),
-            1,
-        )
-        .await?;
+        phase(&net, &peers, &args, Some(per_peer)).await?;
         for p in &peers {
             p.close().await;
         }
@@ -743,15 +802,7 @@ async fn main() -> anyhow::Result<()> {
         peers.extend(connect(&net, 1, half, 64).await?);
         warm_up(&peers).await;
         println!("throughput, {} in flight per peer:", args.window);
-        phase(
-            &net,
-            &peers,
-            args.payload,
-            Duration::from_secs(args.duration),
-            None,
-            args.window,
-        )
-        .await?;
+        phase(&net, &peers, &args, None).await?;
         for p in &peers {
             p.close().await;
         }

@@ -579,15 +579,25 @@ impl Driver {
         let slot_len = self.recv_buf.len() / quinn_udp::BATCH_SIZE;
         let mut metas = [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
         for _ in 0..RECV_ROUNDS {
+            let mut drained = None;
             let received = {
                 let mut bufs = self.recv_buf.chunks_mut(slot_len).map(IoSliceMut::new);
                 let mut iovs: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] = std::array::from_fn(|_| {
                     bufs.next().unwrap_or_else(|| IoSliceMut::new(&mut []))
                 });
                 let (socket, udp) = (&self.socket, &self.udp);
-                socket.try_io(Interest::READABLE, || {
-                    udp.recv(socket.into(), &mut iovs, &mut metas)
-                })
+                // a short batch emptied the queue: reporting WouldBlock along with it clears the
+                // readiness now instead of after one more recvmmsg that would find nothing (a
+                // datagram arriving meanwhile is a new readiness event, which the clear keeps)
+                let result = socket.try_io(Interest::READABLE, || {
+                    let n = udp.recv(socket.into(), &mut iovs, &mut metas)?;
+                    if n < quinn_udp::BATCH_SIZE {
+                        drained = Some(n);
+                        return Err(std::io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(n)
+                });
+                drained.map_or(result, Ok)
             };
             let count = match received {
                 Ok(count) => count,
@@ -603,6 +613,9 @@ impl Driver {
                     let datagram = data.split_to(meta.stride.min(data.len()));
                     self.datagram(now, meta, datagram);
                 }
+            }
+            if drained.is_some() {
+                break;
             }
         }
         Ok(())
