@@ -654,6 +654,8 @@ async fn phase(
         }));
     }
     let accepted = Arc::new(tokio::sync::Mutex::new(Vec::<u64>::new()));
+    // how late each open-loop send started against its schedule (µs)
+    let late = Arc::new(tokio::sync::Mutex::new(Vec::<u64>::new()));
     let errors = Arc::new(AtomicU64::new(0));
     let stop_at = epoch + duration;
     let mut senders = Vec::new();
@@ -668,6 +670,7 @@ async fn phase(
             let to = to.clone();
             let accepted = Arc::clone(&accepted);
             let errors = Arc::clone(&errors);
+            let late = Arc::clone(&late);
             senders.push(tokio::spawn(async move {
                 use futures::StreamExt as _;
                 let mut local = Vec::new();
@@ -697,10 +700,12 @@ async fn phase(
                         let mut ticks = tokio::time::interval_at(start, p);
                         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                         let mut inflight = futures::stream::FuturesUnordered::new();
+                        let mut late_local = Vec::new();
                         while Instant::now() < stop_at {
                             tokio::select! {
-                                _ = ticks.tick() => {
+                                scheduled = ticks.tick() => {
                                     if Instant::now() < stop_at {
+                                        late_local.push(scheduled.elapsed().as_micros() as u64);
                                         inflight.push(send(from.clone(), to.clone()));
                                     }
                                 }
@@ -712,6 +717,7 @@ async fn phase(
                         while let Some(r) = inflight.next().await {
                             record(r, &mut local);
                         }
+                        late.lock().await.extend(late_local);
                     }
                     // closed loop: the next send starts when the previous is answered
                     None => {
@@ -745,6 +751,10 @@ async fn phase(
         errors.load(Ordering::Relaxed)
     );
     cpu_before.report(net.cpu(), epoch.elapsed(), accepted.len());
+    let late = std::mem::take(&mut *late.lock().await);
+    if !late.is_empty() {
+        report("send started late by", late);
+    }
     report("send -> accepted", accepted);
     if trace {
         print_trace(&delivered);
