@@ -16,6 +16,12 @@
 //! 3. **memory**: `--idle` sessions log in to a third gateway that served nothing before and stay
 //!    idle; its RSS before and after, divided by the number of sessions.
 //!
+//! Each message phase also prints the CPU of every process (per 1,000 messages), how busy the
+//! machine was, how long the gateways' and this process's threads waited for a CPU, how late the
+//! open-loop sends started against their schedule (not counted in the latencies), and the
+//! gateways' own `qp_gateway_message_accept_seconds` quantiles (bucket bounds); `--trace` adds
+//! the delivered latency per 100 ms of send time.
+//!
 //! ```text
 //! cargo build --release -p quickp2p-checkpoint -p quickp2p-gateway -p quickp2p-e2e \
 //!   --bin quickp2p-checkpoint --bin quickp2p-gateway --bin bench_sessions
