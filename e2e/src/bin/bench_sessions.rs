@@ -41,6 +41,9 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use quickp2p::identity::Identity;
 use quickp2p::session::{AppCredentials, GatewayTrust, Peer, Session, SessionConfig};
+use quickp2p_e2e::bench::{
+    clock_ticks, cpu_seconds, machine_cpu_seconds, runqueue_wait_seconds, status_kib,
+};
 
 /// Message throughput/latency over two gateways and idle-session memory on one.
 #[derive(Debug, Parser)]
@@ -95,94 +98,34 @@ impl Drop for Proc {
     }
 }
 
-/// CPU time (user + system) a process has used so far, in milliseconds.
-fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // fields after the command name (which may hold spaces) start at state; utime and stime are
-    // the 14th and 15th fields, in clock ticks
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum();
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    ticks as f64 * 1000.0 / hz
-}
-
-/// The whole machine's CPU time so far from `/proc/stat`, in milliseconds: (busy, interrupt
-/// work, all). Interrupt work (mostly the kernel's loopback receive path in softirq context) is
-/// charged to no process.
-fn machine_ms() -> (f64, f64, f64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    if fields.len() < 8 {
-        return (0.0, 0.0, 0.0);
-    }
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let ms = |t: f64| t * 1000.0 / hz;
-    // user nice system idle iowait irq softirq steal
-    let all: f64 = fields.iter().sum();
-    let idle = fields[3] + fields[4];
-    (ms(all - idle), ms(fields[5] + fields[6]), ms(all))
-}
-
-/// Time the threads of a process have spent runnable but waiting for a CPU so far, in
-/// milliseconds (the second field of `/proc/<pid>/task/*/schedstat`; threads that ended are not
-/// counted). On an overloaded machine this is where a latency tail comes from.
-fn runqueue_wait_ms(pid: u32) -> f64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0.0;
-    };
-    let ns: u64 = tasks
-        .filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum();
-    ns as f64 / 1e6
-}
-
 /// CPU used by each part of the setup, to print per message after a phase.
 #[derive(Debug, Clone, Copy)]
 struct CpuSample {
     /// Runqueue waits (ms) of the two message gateways and of this process.
     waits: (f64, f64),
+    /// CPU time (ms) of each part.
     gateways: f64,
     clients: f64,
     checkpoint: f64,
     redis: f64,
+    /// The machine's (busy, interrupt work, all) CPU time in ms.
     machine: (f64, f64, f64),
 }
 
 impl Network {
     fn cpu(&self) -> CpuSample {
+        let ms = |pid: u32| cpu_seconds(pid, self.ticks) * 1000.0;
+        let (busy, interrupts, all) = machine_cpu_seconds(self.ticks);
+        let message_gateways = || self.gateways[..2].iter().map(|g| g.0.0.id());
         CpuSample {
-            gateways: self.gateways[..2].iter().map(|g| cpu_ms(g.0.0.id())).sum(),
-            clients: cpu_ms(std::process::id()),
-            checkpoint: cpu_ms(self.checkpoint.0.id()),
-            redis: cpu_ms(self.redis.0.id()),
-            machine: machine_ms(),
+            gateways: message_gateways().map(ms).sum(),
+            clients: ms(std::process::id()),
+            checkpoint: ms(self.checkpoint.0.id()),
+            redis: ms(self.redis.0.id()),
+            machine: (busy * 1000.0, interrupts * 1000.0, all * 1000.0),
             waits: (
-                self.gateways[..2]
-                    .iter()
-                    .map(|g| runqueue_wait_ms(g.0.0.id()))
-                    .sum(),
-                runqueue_wait_ms(std::process::id()),
+                message_gateways().map(runqueue_wait_seconds).sum::<f64>() * 1000.0,
+                runqueue_wait_seconds(std::process::id()) * 1000.0,
             ),
         }
     }
@@ -225,17 +168,6 @@ impl CpuSample {
             (now.waits.0 - self.waits.0) * 1000.0 / ms,
             (now.waits.1 - self.waits.1) * 1000.0 / ms
         );
-    }
-}
-
-impl Proc {
-    fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
     }
 }
 
@@ -305,6 +237,8 @@ fn wait_line(
 /// gateway spends its last moments logging a lost store or checkpoint.
 struct Network {
     gateways: Vec<(Proc, SocketAddr, [u8; 32])>,
+    /// Clock ticks per second, for the CPU figures.
+    ticks: f64,
     /// Each gateway's operations address (`/metrics`).
     gateway_ops: Vec<SocketAddr>,
     checkpoint: Proc,
@@ -423,6 +357,7 @@ fn start(args: &Args) -> anyhow::Result<Network> {
     std::thread::sleep(Duration::from_millis(300));
     Ok(Network {
         gateways,
+        ticks: clock_ticks(),
         gateway_ops,
         checkpoint,
         redis,
@@ -668,8 +603,6 @@ async fn phase(
     for i in 0..half * 2 {
         let from = peers[i].clone();
         let to = peers[(i + half) % (half * 2)].peer_id().clone();
-        let accepted = Arc::clone(&accepted);
-        let errors = Arc::clone(&errors);
         let lanes = if pace.is_some() { 1 } else { window };
         for lane in 0..lanes {
             let from = from.clone();
@@ -827,12 +760,12 @@ async fn main() -> anyhow::Result<()> {
     if args.idle > 0 {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let gw = &net.gateways[2].0;
-        let before = gw.rss_kib();
+        let before = status_kib(gw.0.id(), "VmRSS:");
         let t = Instant::now();
         let idle = connect(&net, 2, args.idle, 64).await?;
         let connect_time = t.elapsed();
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let after = gw.rss_kib();
+        let after = status_kib(gw.0.id(), "VmRSS:");
         println!(
             "memory: {} idle sessions on a fresh gateway (logged in in {:.1} s): RSS {} -> {} KiB, {:.1} KiB per session",
             idle.len(),
