@@ -138,18 +138,31 @@ struct Network {
 
 impl Network {
     fn start() -> Network {
-        let base = free_stun_port_base();
-        let mut cmd = Command::new(binary("quickp2p-supernode"));
-        cmd.args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
-            .args(["--log", "warn", "--stun-port-base", &base.to_string()])
-            .args([
-                "--gateway-addr",
-                "127.0.0.1:0",
-                "--relay-addr",
-                "127.0.0.1:0",
-            ]);
-        let node = Proc::spawn("quickp2p-supernode", cmd).unwrap();
-        let stun = node.wait_for("stun-a ", START).unwrap();
+        // the STUN ports are probed free, then bound by the supernode: another process may take
+        // one in between (the supernode then ends, naming the port), so a start is tried again
+        // on a fresh triple
+        let mut attempts = 0;
+        let (node, stun) = loop {
+            let base = free_stun_port_base();
+            let mut cmd = Command::new(binary("quickp2p-supernode"));
+            cmd.args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+                .args(["--log", "warn", "--stun-port-base", &base.to_string()])
+                .args([
+                    "--gateway-addr",
+                    "127.0.0.1:0",
+                    "--relay-addr",
+                    "127.0.0.1:0",
+                ]);
+            let node = Proc::spawn("quickp2p-supernode", cmd).unwrap();
+            match node.wait_for("stun-a ", START) {
+                Ok(stun) => break (node, stun),
+                Err(e) if attempts < 3 => {
+                    attempts += 1;
+                    eprintln!("supernode start {attempts} failed ({e}); trying other ports");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let gateway = node.wait_for("gateway ", START).unwrap();
         let dev_app = node.wait_for("dev app ", START).unwrap();
         let word = |line: &str, n: usize| line.split_whitespace().nth(n).unwrap_or("").to_owned();
