@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use quickp2p_e2e::procs::{free_tcp_port, free_udp_port};
+use quickp2p_e2e::procs::free_tcp_port;
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -267,31 +267,36 @@ impl Net {
 }
 
 fn start_gateway(redis: &Redis, checkpoint_port: u16, i: usize) -> Gw {
-    let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port().unwrap())
-        .parse()
-        .unwrap();
-    let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port().unwrap())
-        .parse()
-        .unwrap();
+    // every listener on port 0, the bound addresses read from the banner: a port probed free
+    // here could be taken by another test before the gateway binds it
     let proc = Proc::spawn(
         &binary("quickp2p-gateway"),
         &[
             "--redis".into(),
             redis.url(),
             "--udp-addr".into(),
-            quic.to_string(),
+            "127.0.0.1:0".into(),
             "--grpc-addr".into(),
-            format!("127.0.0.1:{}", free_tcp_port().unwrap()),
+            "127.0.0.1:0".into(),
             "--checkpoint-url".into(),
             format!("http://127.0.0.1:{checkpoint_port}"),
             "--http-addr".into(),
-            http.to_string(),
+            "127.0.0.1:0".into(),
             "--replica-id".into(),
             format!("gw-{i}"),
             "--log".into(),
             "error".into(),
         ],
     );
+    // "  quic        127.0.0.1:PORT   (advertised …)", then the fingerprint, …, then
+    // "  ops         http://127.0.0.1:PORT   (/healthz …)"
+    let banner_addr = |line: &str| -> SocketAddr {
+        let word = line.split_whitespace().nth(1).unwrap_or_default();
+        word.trim_start_matches("http://")
+            .parse()
+            .unwrap_or_else(|e| panic!("no address in {line:?}: {e}"))
+    };
+    let quic = banner_addr(&proc.wait_for("  quic "));
     let line = proc.wait_for("fingerprint sha256:");
     let hex_pin = line.split("sha256:").nth(1).unwrap().trim();
     let pin: [u8; 32] = (0..32)
@@ -299,6 +304,7 @@ fn start_gateway(redis: &Redis, checkpoint_port: u16, i: usize) -> Gw {
         .collect::<Vec<u8>>()
         .try_into()
         .unwrap();
+    let http = banner_addr(&proc.wait_for("  ops "));
     // the replica registers itself at once; give Redis a moment
     std::thread::sleep(Duration::from_millis(100));
     Gw {
